@@ -1,0 +1,1 @@
+"""Thin recipes around Unsloth."""

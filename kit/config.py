@@ -1,0 +1,233 @@
+"""Typed recipe configs: dataclasses with a docstring per field, overridden by `key=value`.
+
+`lora.r=32` reaches into a nested dataclass. Values are parsed by the field's type, so
+`max_steps=ten` is an error, and an unknown key is an error that lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import json
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kit.errors import fail
+
+Export = Literal["adapter", "merged", "both"]
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    """LoRA rank: the adapter's size. 8-64 is typical; larger learns more and uses more memory."""
+    alpha: int = 16
+    """LoRA scaling numerator; the update is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the LoRA path. Unsloth's fast path wants 0."""
+    target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Comma-separated module names to adapt: by default every linear projection."""
+
+
+@dataclass
+class RecipeConfig:
+    """Keys every recipe shares."""
+
+    model: str = "auto"
+    """Hub id, local folder, or `smollm2-135m` (embedded, offline). `auto`: a 4-bit Unsloth
+    model on a GPU, the embedded SmolLM2-135M-Instruct on CPU."""
+    data: str = "builtin"
+    """Local .jsonl/.json/.csv/.parquet file, a Hugging Face dataset name, or `builtin`."""
+    output_dir: str = "outputs/run"
+    """Where the adapter, merged model and metrics.json are written."""
+    max_steps: int = 60
+    """Optimizer steps to train."""
+    export: Export = "both"
+    """What to write: `adapter` (PEFT), `merged` (16-bit, plain transformers) or `both`."""
+    max_seq_length: int = 512
+    """Longest sequence in tokens; longer examples are truncated (with a warning)."""
+    batch_size: int = 4
+    """Examples per device step."""
+    grad_accum: int = 1
+    """Gradient accumulation steps; the effective batch is batch_size * grad_accum."""
+    learning_rate: float | None = None
+    """Peak learning rate. Default: 1e-3 for models under 0.5B parameters, else 2e-4."""
+    warmup_steps: int = 5
+    """Linear warm-up steps before the linear decay."""
+    load_in_4bit: bool | None = None
+    """Load the base in 4-bit NF4. Default: on with a GPU; off on CPU, where Unsloth
+    cannot merge into a 4-bit base."""
+    gradient_checkpointing: str = "auto"
+    """`unsloth` (offloads activations), `true`, `false`; `auto`: unsloth on GPU, off on CPU."""
+    seed: int = 3407
+    """Random seed for LoRA init, data order and sampling."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapter settings (`lora.r=32`, ...)."""
+
+
+# ---------------------------------------------------------------- field docs
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string under each field) for a dataclass and its bases."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(getattr(nxt, "value", None), ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def valid_keys(cfg: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += valid_keys(value, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def describe(cfg: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(key, current value, docstring) for every leaf field: the recipe's `--help`."""
+    rows = []
+    docs = field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe(value, prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, value, docs.get(f.name, "")))
+    return rows
+
+
+# ---------------------------------------------------------------- overrides
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse(key: str, text: str, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in {"none", "null", "auto"} and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse(key, text, inner[0]) if len(inner) == 1 else text
+    if origin is Literal:
+        if text not in args:
+            fail(f"{key}={text!r}: expected one of {', '.join(map(str, args))}")
+        return text
+    if tp is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        fail(f"{key}={text!r}: expected true or false")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            fail(f"{key}={text!r}: expected a whole number")
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            fail(f"{key}={text!r}: expected a number")
+    return text
+
+
+def apply_overrides(cfg: Any, args: list[str]) -> Any:
+    """Return a copy of `cfg` with `key=value` overrides applied and checked against types."""
+    cfg = _deepcopy(cfg)
+    keys = valid_keys(cfg)
+    for arg in args:
+        if "=" not in arg:
+            fail(f"expected key=value, got {arg!r}; valid keys: {', '.join(keys)}")
+        key, text = arg.split("=", 1)
+        key = key.strip().lstrip("-").replace("-", "_")
+        if key not in keys:
+            fail(f"unknown config key {key!r}; valid keys: {', '.join(keys)}")
+        *path, name = key.split(".")
+        target = cfg
+        for part in path:
+            target = getattr(target, part)
+        hints = typing.get_type_hints(type(target))
+        setattr(target, name, _parse(key, text.strip(), hints[name]))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Any) -> None:
+    """Range checks shared by every recipe (types were checked while parsing)."""
+    checks = {
+        "max_steps": lambda v: v > 0,
+        "batch_size": lambda v: v > 0,
+        "grad_accum": lambda v: v > 0,
+        "max_seq_length": lambda v: v >= 16,
+        "learning_rate": lambda v: v is None or v > 0,
+        "warmup_steps": lambda v: v >= 0,
+    }
+    for key, ok in checks.items():
+        if hasattr(cfg, key) and not ok(getattr(cfg, key)):
+            fail(f"{key}={getattr(cfg, key)!r} is out of range")
+    if hasattr(cfg, "lora") and cfg.lora.r <= 0:
+        fail(f"lora.r={cfg.lora.r} must be positive")
+    if hasattr(cfg, "gradient_checkpointing"):
+        if str(cfg.gradient_checkpointing).lower() not in {"auto", "unsloth", "true", "false"}:
+            fail(
+                f"gradient_checkpointing={cfg.gradient_checkpointing!r}: "
+                "expected auto, unsloth, true or false"
+            )
+
+
+def _deepcopy(cfg: Any) -> Any:
+    changes = {
+        f.name: _deepcopy(getattr(cfg, f.name))
+        for f in dataclasses.fields(cfg)
+        if dataclasses.is_dataclass(getattr(cfg, f.name))
+    }
+    return dataclasses.replace(cfg, **changes)
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: Any) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def parse_cli(default: Any, argv: list[str]) -> Any | None:
+    """Config from command-line `key=value` words; None after printing help for -h/--help."""
+    if any(a in ("-h", "--help", "help") for a in argv):
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{type(default).__name__}: key=value overrides")
+        for col in ("key", "default", "meaning"):
+            table.add_column(col)
+        for key, value, doc in describe(default):
+            table.add_row(key, repr(value), doc)
+        Console().print(table)
+        return None
+    return apply_overrides(default, argv)

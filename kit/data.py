@@ -1,0 +1,313 @@
+"""Data: read a dataset, detect its format, turn rows into chat messages, tokenize with masks.
+
+Sources: a local .jsonl/.json/.csv/.parquet file or a Hugging Face dataset name.
+Formats, told apart by their columns: OpenAI `messages`, ShareGPT `conversations`,
+Alpaca `instruction`/`input`/`output`, and `prompt`/`completion`.
+Rows may carry checks for evaluation: `expect` (a regex the reply must match) and
+`reject` (a regex it must not match).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.errors import KitError, fail
+
+FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
+FORMATS = {
+    "messages": "OpenAI `messages`",
+    "sharegpt": "ShareGPT `conversations` (from/value)",
+    "alpaca": "Alpaca `instruction`/`input`/`output`",
+    "prompt_completion": "`prompt`/`completion`",
+}
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "model": "assistant", "system": "system", "bing": "assistant", "chatgpt": "assistant"}
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+
+
+@dataclass
+class Example:
+    """One conversation, plus optional evaluation checks."""
+
+    messages: list[dict[str, str]]
+    expect: str | None = None
+    reject: str | None = None
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+
+@dataclass
+class Splits:
+    train: list[Example]
+    test: list[Example]
+    source: str
+    fmt: str
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def is_local(source: str) -> bool:
+    path = Path(source).expanduser()
+    return path.exists() or path.suffix.lower() in FILE_SUFFIXES
+
+
+def read_records(source: str, split: str = "train") -> list[dict]:
+    """Rows of a local file, or of a Hub dataset's split, as plain dicts."""
+    return _read_file(Path(source).expanduser()) if is_local(source) else _read_hub(source, split)
+
+
+def _read_file(path: Path) -> list[dict]:
+    if not path.exists():
+        fail(f"data file not found: {path}")
+    if path.is_dir():
+        fail(f"data path {path} is a folder; pass a .jsonl, .json, .csv or .parquet file")
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        fail(f"{path}: unsupported file type {suffix or '(none)'}; use .jsonl, .json, .csv or .parquet")
+    if suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(path).to_pylist()
+        except Exception as exc:  # pyarrow raises several types for a broken file
+            fail(f"{path}: not a readable parquet file ({type(exc).__name__})")
+    else:
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            fail(f"{path}: not UTF-8 text (byte {exc.start}); re-save it as UTF-8")
+        if not text.strip():
+            fail(f"{path} is empty")
+        rows = {".jsonl": _parse_jsonl, ".json": _parse_json, ".csv": _parse_csv}[suffix](path, text)
+    if not rows:
+        fail(f"{path} holds no examples")
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            fail(f"{path}: example {i} is a {type(row).__name__}, expected an object with named fields")
+    return rows
+
+
+def _parse_jsonl(path: Path, text: str) -> list[dict]:
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            fail(f"{path}:{lineno}: malformed JSON line ({exc.msg} at column {exc.colno})")
+    return rows
+
+
+def _parse_json(path: Path, text: str) -> list[dict]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})")
+    if isinstance(data, dict):
+        lists = [v for k, v in data.items() if isinstance(v, list) and k in ("data", "train", "rows")]
+        data = lists[0] if lists else [data]
+    if not isinstance(data, list):
+        fail(f"{path}: expected a list of examples")
+    return data
+
+
+def _parse_csv(path: Path, text: str) -> list[dict]:
+    try:
+        reader = csv.DictReader(text.splitlines())
+        return [dict(row) for row in reader]
+    except csv.Error as exc:
+        fail(f"{path}: malformed CSV ({exc})")
+
+
+def _read_hub(name: str, split: str) -> list[dict]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as exc:  # offline, unknown name, gated: all mean "cannot use it"
+        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        fail(f"could not load data {name!r}: not a local file, and the Hugging Face Hub said: {reason}")
+    return [dict(r) for r in ds]
+
+
+# ---------------------------------------------------------------- formats
+
+
+def detect_format(columns: set[str]) -> str:
+    if "messages" in columns:
+        return "messages"
+    if "conversations" in columns:
+        return "sharegpt"
+    if {"instruction", "output"} <= columns:
+        return "alpaca"
+    if {"prompt", "completion"} <= columns:
+        return "prompt_completion"
+    fail(
+        f"unknown data format: columns found {sorted(columns)}; accepted: "
+        + "; ".join(FORMATS.values())
+    )
+
+
+_REQUIRED = {
+    "messages": {"messages"},
+    "sharegpt": {"conversations"},
+    "alpaca": {"instruction", "output"},
+    "prompt_completion": {"prompt", "completion"},
+}
+
+
+def _text(value, where: str) -> str:
+    if not isinstance(value, str):
+        fail(f"{where}: expected text, found {type(value).__name__}")
+    return value
+
+
+def to_example(row: dict, fmt: str, where: str) -> Example:
+    missing = _REQUIRED[fmt] - row.keys()
+    if missing:
+        fail(f"{where}: missing {sorted(missing)} (the file mixes formats? detected {FORMATS[fmt]})")
+    if fmt == "messages" or fmt == "sharegpt":
+        turns = row["messages" if fmt == "messages" else "conversations"]
+        if not isinstance(turns, list) or not turns:
+            fail(f"{where}: expected a non-empty list of turns")
+        messages = []
+        for j, turn in enumerate(turns):
+            if not isinstance(turn, dict):
+                fail(f"{where}, turn {j + 1}: expected an object")
+            if fmt == "messages":
+                role, content = turn.get("role"), turn.get("content")
+            else:
+                role = _SHAREGPT_ROLES.get(str(turn.get("from", "")).lower())
+                content = turn.get("value")
+            if role not in ("system", "user", "assistant"):
+                fail(f"{where}, turn {j + 1}: unknown role {turn.get('role', turn.get('from'))!r}")
+            messages.append({"role": role, "content": _text(content, f"{where}, turn {j + 1}")})
+    elif fmt == "alpaca":
+        prompt = _text(row["instruction"], where)
+        extra = row.get("input") or ""
+        if extra:
+            prompt += "\n\n" + _text(extra, where)
+        messages = [{"role": "user", "content": prompt},
+                    {"role": "assistant", "content": _text(row["output"], where)}]
+    else:
+        messages = [{"role": "user", "content": _text(row["prompt"], where)},
+                    {"role": "assistant", "content": _text(row["completion"], where)}]
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        fail(f"{where}: no assistant reply to learn from")
+    return Example(messages, expect=row.get("expect") or None, reject=row.get("reject") or None)
+
+
+def to_examples(rows: list[dict], source: str) -> tuple[list[Example], str]:
+    fmt = detect_format(set(rows[0].keys()))
+    return [to_example(r, fmt, f"{source}, example {i}") for i, r in enumerate(rows, 1)], fmt
+
+
+def load_splits(data: str, eval_data: str = "", eval_fraction: float = 0.1, seed: int = 0) -> Splits:
+    """Train and held-out examples. `builtin:NAME` reads the kit's own NAME_{train,test}.jsonl;
+    otherwise `eval_data`, a Hub `test` split, or a seeded `eval_fraction` of the rows."""
+    notes: list[str] = []
+    if data.startswith("builtin:"):
+        name = data.split(":", 1)[1]
+        train_rows = _read_file(BUILTIN_DIR / f"{name}_train.jsonl")
+        test_rows = _read_file(BUILTIN_DIR / f"{name}_test.jsonl")
+    else:
+        train_rows = read_records(data)
+        test_rows = read_records(eval_data) if eval_data else None
+        if test_rows is None and not is_local(data):
+            try:
+                test_rows = read_records(data, "test")
+            except KitError:  # no test split: hold out a fraction below
+                test_rows = None
+        if test_rows is None:
+            rows = list(train_rows)
+            random.Random(seed).shuffle(rows)
+            n = min(max(1, round(len(rows) * eval_fraction)), 200)
+            if len(rows) - n < 1:
+                fail(f"{data}: {len(rows)} example(s) is too few to hold some out for evaluation")
+            test_rows, train_rows = rows[:n], rows[n:]
+            notes.append(f"held out {n} of {len(rows)} examples for evaluation")
+    train, fmt = to_examples(train_rows, data)
+    test, _ = to_examples(test_rows, eval_data or data)
+    return Splits(train, test, data, fmt, notes)
+
+
+# ---------------------------------------------------------------- tokenizing
+
+
+def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def encode(tokenizer, messages: list[dict], max_len: int) -> Encoded:
+    """Token ids with labels on assistant replies only (everything else -100).
+
+    Each reply's span is found by rendering the conversation up to it with the generation
+    prompt (where the reply starts) and through it (where it ends, end-of-turn included, so
+    the model learns to stop); tokens inside those character spans are trained on.
+    """
+    text = render(tokenizer, messages)
+    spans = []
+    for i, msg in enumerate(messages):
+        if msg["role"] != "assistant":
+            continue
+        start = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        end = render(tokenizer, messages[: i + 1])
+        if not (text.startswith(start) and text.startswith(end)):
+            fail("the model's chat template renders earlier turns differently as the "
+                 "conversation grows; cannot mask prompts for it")
+        spans.append((len(start), len(end)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [
+        tok if any(s <= a and b <= e and b > a for s, e in spans) else -100
+        for tok, (a, b) in zip(ids, offsets)
+    ]
+    truncated = len(ids) > max_len
+    return Encoded(ids[:max_len], labels[:max_len], truncated)
+
+
+def encode_all(
+    tokenizer, examples: list[Example], max_len: int, what: str
+) -> tuple[list[Encoded], list[str]]:
+    """Encode a split; stop if masking leaves nothing to train on, warn about truncation."""
+    encoded = [encode(tokenizer, ex.messages, max_len) for ex in examples]
+    notes = []
+    n_trunc = sum(e.truncated for e in encoded)
+    if n_trunc:
+        notes.append(f"{n_trunc} of {len(encoded)} {what} examples are longer than "
+                     f"max_seq_length={max_len} and were truncated")
+    empty = [i for i, e in enumerate(encoded, 1) if not any(t != -100 for t in e.labels)]
+    if len(empty) == len(encoded):
+        fail(f"no {what} example has a reply token left to train on after masking"
+             + (f" and truncation to max_seq_length={max_len}" if n_trunc else ""))
+    if empty:
+        notes.append(f"{len(empty)} {what} examples have no reply token within "
+                     f"max_seq_length={max_len} and teach nothing")
+    return encoded, notes
+
+
+def check_reply(example: Example, reply: str) -> bool | None:
+    """Apply an example's `expect`/`reject` checks to a generated reply; None if it has none."""
+    if example.expect is None and example.reject is None:
+        return None
+    ok = True
+    if example.expect is not None:
+        ok &= re.search(example.expect, reply) is not None
+    if example.reject is not None:
+        ok &= re.search(example.reject, reply) is None
+    return ok

@@ -1,0 +1,133 @@
+"""Evaluation on held-out data: loss on reply tokens, and generated replies scored by checks."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import unsloth  # noqa: F401
+from unsloth import FastLanguageModel
+
+from kit.data import Encoded, Example, check_reply, render
+
+
+@dataclass
+class Generation:
+    prompt: list[dict]
+    reply: str
+    stopped: bool  # ended with the end-of-turn token rather than the length limit
+
+
+@torch.no_grad()
+def heldout_loss(model, tokenizer, encoded: list[Encoded], batch_size: int = 8) -> float:
+    """Mean cross-entropy per reply token (prompt tokens masked as in training)."""
+    model.eval()
+    total, count = 0.0, 0
+    device = next(model.parameters()).device
+    for i in range(0, len(encoded), batch_size):
+        chunk = encoded[i : i + batch_size]
+        width = max(len(e.input_ids) for e in chunk)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in chunk])
+        mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk])
+        labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in chunk])
+        n = int((labels[:, 1:] != -100).sum())
+        if n == 0:
+            continue
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device))
+        total += float(out.loss) * n
+        count += n
+    return total / max(count, 1)
+
+
+def prompt_of(example: Example) -> list[dict]:
+    """The conversation up to (not including) its last assistant reply."""
+    last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+    return example.messages[:last]
+
+
+def reference_of(example: Example) -> str:
+    last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
+    return example.messages[last]["content"]
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48,
+             batch_size: int = 16) -> list[Generation]:
+    """Greedy, batched generation; the model is put in Unsloth's inference mode meanwhile."""
+    FastLanguageModel.for_inference(model)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    device = next(model.parameters()).device
+    out: list[Generation] = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i : i + batch_size]
+            texts = [render(tokenizer, p, add_generation_prompt=True) for p in chunk]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            ids = model.generate(
+                **enc.to(device), max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+            for p, row in zip(chunk, ids[:, enc["input_ids"].shape[1] :]):
+                row = row.tolist()
+                stopped = tokenizer.eos_token_id in row
+                if stopped:
+                    row = row[: row.index(tokenizer.eos_token_id)]
+                out.append(Generation(p, tokenizer.decode(row, skip_special_tokens=True).strip(), stopped))
+    finally:
+        tokenizer.padding_side = side
+        FastLanguageModel.for_training(model)
+    return out
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Word-overlap F1 between a reply and the reference reply (SQuAD-style)."""
+    p, r = _words(prediction), _words(reference)
+    common = sum((Counter(p) & Counter(r)).values())
+    if not p or not r or common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def evaluate(model, tokenizer, examples: list[Example], encoded: list[Encoded],
+             max_new_tokens: int = 48, max_generate: int = 64) -> tuple[dict, list[Generation]]:
+    """Loss on every held-out example; replies generated for up to `max_generate` of them.
+
+    `check_rate` (share of replies passing their `expect`/`reject` checks) is the task
+    metric when the data has checks; `reply_f1` (word overlap with the reference) always.
+    """
+    loss = heldout_loss(model, tokenizer, encoded)
+    sample = examples[:max_generate]
+    gens = generate(model, tokenizer, [prompt_of(e) for e in sample], max_new_tokens)
+    metrics = {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 3)}
+    checks = [check_reply(e, g.reply) for e, g in zip(sample, gens)]
+    checks = [c for c in checks if c is not None]
+    if checks:
+        metrics["check_rate"] = round(sum(checks) / len(checks), 4)
+    metrics["reply_f1"] = round(sum(token_f1(g.reply, reference_of(e)) for e, g in zip(sample, gens))
+                                / max(len(gens), 1), 4)
+    metrics["stopped_at_eos"] = round(sum(g.stopped for g in gens) / max(len(gens), 1), 4)
+    return metrics, gens
+
+
+# Which way is better for each metric.
+HIGHER_IS_BETTER = {"check_rate": True, "reply_f1": True, "stopped_at_eos": True,
+                    "accuracy": True, "macro_f1": True, "pass_at_1": True,
+                    "loss": False, "perplexity": False}
+
+
+def improved(before: dict, after: dict) -> dict[str, bool]:
+    """Per metric: did it strictly improve? (equal counts as not better)."""
+    out = {}
+    for name, b in before.items():
+        if name in after and name in HIGHER_IS_BETTER:
+            out[name] = after[name] > b if HIGHER_IS_BETTER[name] else after[name] < b
+    return out

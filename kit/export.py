@@ -1,0 +1,91 @@
+"""Export: the LoRA adapter (PEFT format) and/or the merged 16-bit model, written atomically
+and then checked by loading each in a fresh process with plain peft/transformers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `final`; on success it replaces `final` in one rename,
+    so a crash leaves either the old result or the new one, never half of one."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        old = final.with_name(f".{final.name}.old")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _settle_permissions(path: Path) -> None:
+    path.chmod(0o755)  # mkdtemp makes 0700 folders; results should be readable like any other
+
+
+def save_adapter(model, tokenizer, final: Path) -> Path:
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        _settle_permissions(tmp)
+    return final
+
+
+def save_merged(model, tokenizer, final: Path) -> Path:
+    """Merge LoRA into 16-bit weights through Unsloth (which dequantizes a 4-bit base)."""
+    with atomic_dir(final) as tmp:
+        model.save_pretrained_merged(
+            str(tmp.resolve()),
+            tokenizer,
+            save_method="merged_16bit",
+            safe_serialization=None,  # safetensors even on 2-CPU hosts (Colab, Kaggle)
+            temporary_location=str(tmp.resolve() / ".unsloth_buffers"),
+        )
+        shutil.rmtree(tmp / ".unsloth_buffers", ignore_errors=True)
+        _settle_permissions(tmp)
+    return final
+
+
+def verify(kind: str, path: Path, prompt: list[dict], max_new_tokens: int = 64,
+           timeout: float = 600) -> dict:
+    """Load an exported folder in a fresh Python process (plain peft/transformers, no
+    Unsloth), generate greedily from `prompt`, and report whether it stopped at EOS."""
+    cmd = [sys.executable, "-m", "kit.verify", kind, str(path), json.dumps(prompt), str(max_new_tokens)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"kind": kind, "ok": False, "error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"kind": kind, "ok": False, "error": tail[:300]}
+    result = json.loads(lines[-1])
+    result["ok"] = bool(result.get("stopped"))
+    return result
+
+
+def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: list[dict],
+                      progress=print) -> dict[str, dict]:
+    """Write the exports `what` asks for (adapter, merged or both) and check each one."""
+    kinds = ["adapter", "merged"] if what == "both" else [what]
+    results = {}
+    for kind in kinds:
+        path = output_dir / kind
+        progress(f"Saving {kind} to {path}")
+        (save_adapter if kind == "adapter" else save_merged)(model, tokenizer, path)
+        progress(f"Checking {kind}: loading it in a fresh process with plain "
+                 f"{'peft' if kind == 'adapter' else 'transformers'}")
+        results[kind] = {"path": str(path), **verify(kind, path, prompt)}
+    return results
