@@ -216,11 +216,15 @@ def to_examples(rows: list[dict], source: str) -> tuple[list[Example], str]:
 
 
 def load_splits(data: str, eval_data: str = "", eval_fraction: float = 0.1, seed: int = 0) -> Splits:
-    """Train and held-out examples. `builtin:NAME` reads the kit's own NAME_{train,test}.jsonl;
-    otherwise `eval_data`, a Hub `test` split, or a seeded `eval_fraction` of the rows."""
+    """Train and held-out examples, every row validated. `builtin:NAME` reads the kit's own
+    NAME_{train,test}.jsonl; otherwise `eval_data`, a Hub `test` split, or a seeded
+    `eval_fraction` of the rows is held out."""
     notes: list[str] = []
     if data.startswith("builtin:"):
         name = data.split(":", 1)[1]
+        if not (BUILTIN_DIR / f"{name}_train.jsonl").is_file():
+            known = sorted(p.name[: -len("_train.jsonl")] for p in BUILTIN_DIR.glob("*_train.jsonl"))
+            fail(f"unknown built-in dataset {name!r}; have: {', '.join(known)}")
         train_rows = _read_file(BUILTIN_DIR / f"{name}_train.jsonl")
         test_rows = _read_file(BUILTIN_DIR / f"{name}_test.jsonl")
     else:
@@ -231,16 +235,20 @@ def load_splits(data: str, eval_data: str = "", eval_fraction: float = 0.1, seed
                 test_rows = read_records(data, "test")
             except KitError:  # no test split: hold out a fraction below
                 test_rows = None
-        if test_rows is None:
-            rows = list(train_rows)
-            random.Random(seed).shuffle(rows)
-            n = min(max(1, round(len(rows) * eval_fraction)), 200)
-            if len(rows) - n < 1:
-                fail(f"{data}: {len(rows)} example(s) is too few to hold some out for evaluation")
-            test_rows, train_rows = rows[:n], rows[n:]
-            notes.append(f"held out {n} of {len(rows)} examples for evaluation")
     train, fmt = to_examples(train_rows, data)
-    test, _ = to_examples(test_rows, eval_data or data)
+    if test_rows is None:
+        rng = random.Random(seed)
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        n = min(max(1, round(len(train) * eval_fraction)), 200)
+        if len(train) - n < 1:
+            fail(f"{data}: {len(train)} example(s) is too few to hold some out for evaluation")
+        held = set(order[:n])
+        test = [e for i, e in enumerate(train) if i in held]
+        train = [e for i, e in enumerate(train) if i not in held]
+        notes.append(f"held out {n} of {len(order)} examples for evaluation (eval_fraction={eval_fraction})")
+    else:
+        test, _ = to_examples(test_rows, eval_data or data)
     return Splits(train, test, data, fmt, notes)
 
 

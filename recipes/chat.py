@@ -19,13 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit import (
-    data,
-    evaluate,
-    export,
-    models,  # first: imports Unsloth before transformers, trl and peft
-    train,
-)
+# kit's modules import Unsloth before transformers, trl and peft, so it can patch them.
+from kit import data, evaluate, export, models, train
 from kit.config import RecipeConfig, parse_cli, to_dict
 from kit.errors import run_cli
 from kit.report import console, say, step, summary_table, versions, warn, write_json

@@ -10,7 +10,8 @@ PYTHON=${PYTHON:-python3}
 UNSLOTH_VERSION=2026.10.9
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip "$@"; }
+# (this machine's pip config names extra local indexes; their "ignored" notices are noise)
+pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 pip install -q --upgrade pip
 
 if "$VENV/bin/python" -c "import torch" 2>/dev/null; then

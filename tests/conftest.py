@@ -1,0 +1,60 @@
+"""Shared fixtures: everything is built offline, on CPU, from the embedded GGUF's tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kit.models  # noqa: F401  (Unsloth patches transformers/trl/peft on import: load it first)
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from kit.embedded import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A random-init 2-layer Llama with SmolLM2's tokenizer and chat template (~3.5M params)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def chat_row(question: str = "Hi?", answer: str = "Hello!") -> dict:
+    return {"messages": [{"role": "user", "content": question},
+                         {"role": "assistant", "content": answer}]}
+
+
+def run_recipe(name: str, *args: str, timeout: float = 900, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run a recipe as a user would, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / f"{name}.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=cwd,
+    )

@@ -1,0 +1,43 @@
+"""Bad input, as a new user would give it: one line on stderr, exit code 2, no traceback,
+nothing written to output_dir. Each case runs the chat recipe in a fresh process."""
+
+import json
+
+import pytest
+from conftest import chat_row, run_recipe, write_jsonl
+
+GOOD = [chat_row(f"q{i}", f"a{i}") for i in range(10)]
+
+CASES = {
+    "missing data file": (None, ["data={tmp}/nope.jsonl"], "data file not found"),
+    "empty file": ("", [], "is empty"),
+    "malformed JSONL line": ([json.dumps(r) for r in GOOD[:3]] + ['{"messages": ['], [],
+                             ":4: malformed JSON"),
+    "unknown format": ([{"question": "a", "answer": "b"}] * 3, [], "unknown data format"),
+    "no assistant turn": ([{"messages": [{"role": "user", "content": "hi"}]}] * 3, [], "no assistant reply"),
+    "non-string content": ([{"prompt": "a", "completion": 3}] * 3, [], "expected text, found int"),
+    "unknown config key": (GOOD, ["lora.rank=8"], "unknown config key 'lora.rank'; valid keys:"),
+    "wrong type": (GOOD, ["max_steps=ten"], "expected a whole number"),
+    "negative learning rate": (GOOD, ["learning_rate=-0.1"], "out of range"),
+    "model folder without a model": (GOOD, ["model={tmp}"], "holds no model"),
+    "unknown model name": (GOOD, ["model=no-such-model"], "unknown model 'no-such-model'"),
+    "Hub model not reachable offline": (GOOD, ["model=nobody/no-such-model-xyz"], "unknown model"),
+    "unknown recipe data alias": (None, ["data=builtin:nothing"], "unknown built-in dataset"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input(case, tmp_path):
+    rows, args, message = CASES[case]
+    out = tmp_path / "out"
+    data = tmp_path / "d.jsonl"
+    if rows is not None:
+        write_jsonl(data, rows) if rows else data.write_text("")
+        args = [f"data={data}", *args]
+    args = [a.format(tmp=tmp_path) for a in args] + [f"output_dir={out}"]
+    proc = run_recipe("chat", *args, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists(), "nothing may be written on bad input"

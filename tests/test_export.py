@@ -1,0 +1,85 @@
+"""Exports load with plain peft/transformers, agree with each other, and are written atomically."""
+
+import json
+
+import pytest
+import torch
+
+from kit import export, models
+from kit.config import LoraConfig
+
+PROMPT = [{"role": "user", "content": "Say yes."}]
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_dir, tmp_path_factory):
+    device = models.detect_device()
+    model, tokenizer = models.load(models.resolve_model(str(tiny_model_dir), device), 128, False)
+    model = models.add_lora(model, LoraConfig(r=8), False, 0)
+    with torch.no_grad():  # LoRA B starts at zero; make the adapter do something
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    out = tmp_path_factory.mktemp("out")
+    results = export.export_and_verify(model, tokenizer, "both", out, PROMPT, progress=lambda _: None)
+    return out, results
+
+
+def test_both_exports_written_with_tokenizer(exported):
+    out, results = exported
+    assert set(results) == {"adapter", "merged"}
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert (out / "merged" / "config.json").is_file()
+    assert list((out / "merged").glob("*.safetensors"))
+    for kind in ("adapter", "merged"):
+        assert json.loads((out / kind / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary folders left"
+
+
+def test_exports_load_in_a_fresh_process(exported):
+    _, results = exported
+    for res in results.values():
+        assert "error" not in res, res
+        assert isinstance(res["reply"], str) and res["load_seconds"] >= 0
+        # A random model does not learn to stop: the check must say so, not pass blindly.
+        assert res["ok"] == res["stopped"]
+
+
+def test_merged_equals_base_plus_adapter(exported):
+    out, _ = exported
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 4093, 198, 10576, 359, 346, 47, 2, 198]])
+    with torch.no_grad():
+        adapter = AutoPeftModelForCausalLM.from_pretrained(out / "adapter", dtype=torch.float32)
+        merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)
+        a, m = adapter(ids).logits, merged(ids).logits
+        base = adapter.get_base_model()
+        with adapter.disable_adapter():
+            b = base(ids).logits
+    assert not torch.allclose(a, b, atol=1e-3), "the adapter should change the outputs"
+    assert torch.allclose(a, m, atol=5e-2, rtol=5e-2), (a - m).abs().max()
+
+
+def test_atomic_dir_keeps_old_result_on_crash(tmp_path):
+    final = tmp_path / "adapter"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with export.atomic_dir(final) as tmp:
+            (tmp / "half.bin").write_text("half")
+            raise RuntimeError("disk full")
+    assert (final / "old.txt").read_text() == "old" and not (final / "half.bin").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+    with export.atomic_dir(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in final.iterdir()) == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_verify_reports_a_folder_without_a_model(tmp_path):
+    res = export.verify("merged", tmp_path, PROMPT)
+    assert res["ok"] is False and res["error"]
