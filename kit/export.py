@@ -32,7 +32,11 @@ def atomic_dir(final: Path) -> Iterator[Path]:
 
 
 def _settle_permissions(path: Path) -> None:
-    path.chmod(0o755)  # mkdtemp makes 0700 folders; results should be readable like any other
+    # mkdtemp makes a 0700 folder and some writers 0600 files; results should be readable
+    # like any other file the user makes.
+    path.chmod(0o755)
+    for f in path.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)
 
 
 def save_adapter(model, tokenizer, final: Path) -> Path:

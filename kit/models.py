@@ -135,8 +135,14 @@ def add_lora(model, lora, gradient_checkpointing: bool | str, seed: int):
 
 
 def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameters; a 4-bit weight counts its unpacked elements."""
+
+    def size(p) -> int:
+        state = getattr(p, "quant_state", None)
+        return state.shape.numel() if state is not None else p.numel()
+
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    total = sum(size(p) for p in model.parameters())
     return trainable, total
 
 

