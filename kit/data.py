@@ -37,6 +37,7 @@ class Example:
     messages: list[dict[str, str]]
     expect: str | None = None
     reject: str | None = None
+    meta: dict = field(default_factory=dict)  # the row's other columns (e.g. a code task's tests)
 
 
 @dataclass
@@ -207,7 +208,10 @@ def to_example(row: dict, fmt: str, where: str) -> Example:
                     {"role": "assistant", "content": _text(row["completion"], where)}]
     if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
         fail(f"{where}: no assistant reply to learn from")
-    return Example(messages, expect=row.get("expect") or None, reject=row.get("reject") or None)
+    used = _REQUIRED[fmt] | {"input", "expect", "reject"}
+    meta = {k: v for k, v in row.items() if k not in used}
+    return Example(messages, expect=row.get("expect") or None, reject=row.get("reject") or None,
+                   meta=meta)
 
 
 def to_examples(rows: list[dict], source: str) -> tuple[list[Example], str]:

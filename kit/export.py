@@ -12,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from rich.markup import escape
+
 
 @contextlib.contextmanager
 def atomic_dir(final: Path) -> Iterator[Path]:
@@ -39,15 +41,21 @@ def _settle_permissions(path: Path) -> None:
         f.chmod(0o755 if f.is_dir() else 0o644)
 
 
-def save_adapter(model, tokenizer, final: Path) -> Path:
+def _write_extra(folder: Path, extra_files: dict[str, str] | None) -> None:
+    for name, text in (extra_files or {}).items():
+        (folder / name).write_text(text)
+
+
+def save_adapter(model, tokenizer, final: Path, extra_files: dict[str, str] | None = None) -> Path:
     with atomic_dir(final) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        _write_extra(tmp, extra_files)
         _settle_permissions(tmp)
     return final
 
 
-def save_merged(model, tokenizer, final: Path) -> Path:
+def save_merged(model, tokenizer, final: Path, extra_files: dict[str, str] | None = None) -> Path:
     """Merge LoRA into 16-bit weights through Unsloth (which dequantizes a 4-bit base)."""
     with atomic_dir(final) as tmp:
         model.save_pretrained_merged(
@@ -58,6 +66,7 @@ def save_merged(model, tokenizer, final: Path) -> Path:
             temporary_location=str(tmp.resolve() / ".unsloth_buffers"),
         )
         shutil.rmtree(tmp / ".unsloth_buffers", ignore_errors=True)
+        _write_extra(tmp, extra_files)
         _settle_permissions(tmp)
     return final
 
@@ -81,15 +90,19 @@ def verify(kind: str, path: Path, prompt: list[dict], max_new_tokens: int = 64,
 
 
 def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: list[dict],
-                      progress=print) -> dict[str, dict]:
-    """Write the exports `what` asks for (adapter, merged or both) and check each one."""
+                      progress=print, extra_files: dict[str, str] | None = None) -> dict[str, dict]:
+    """Write the exports `what` asks for (adapter, merged or both), with `extra_files`
+    (name → text) inside each, and check each one."""
     kinds = ["adapter", "merged"] if what == "both" else [what]
     results = {}
     for kind in kinds:
         path = output_dir / kind
         progress(f"Saving {kind} to {path}")
-        (save_adapter if kind == "adapter" else save_merged)(model, tokenizer, path)
+        (save_adapter if kind == "adapter" else save_merged)(model, tokenizer, path, extra_files)
         progress(f"Checking {kind}: loading it in a fresh process with plain "
                  f"{'peft' if kind == 'adapter' else 'transformers'}")
-        results[kind] = {"path": str(path), **verify(kind, path, prompt)}
+        res = results[kind] = {"path": str(path), **verify(kind, path, prompt)}
+        problem = res.get("error") or "did not stop at EOS"
+        status = "[green]loads, answers, stops at EOS[/]" if res["ok"] else f"[red]{problem}[/]"
+        progress(f"{kind}: {status}  reply: {escape(repr(res.get('reply', '')[:100]))}")
     return results

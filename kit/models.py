@@ -178,3 +178,38 @@ def default_learning_rate(total_params: int) -> float:
     # (SmolLM2-135M learns the built-in persona in 60 steps at 1e-3); 2e-4 is the usual
     # LoRA rate for 1B+ models.
     return 1e-3 if total_params < 500_000_000 else 2e-4
+
+
+@dataclass
+class Prepared:
+    """What the model step of a recipe leaves behind."""
+
+    device: Device
+    choice: ModelChoice
+    settings: Settings
+    model: object
+    tokenizer: object
+    trainable: int = 0
+    total: int = 0
+    learning_rate: float = 0.0
+
+
+def prepare(cfg, say=print) -> Prepared:
+    """Pick the device and model, decide the memory settings, say so, and load."""
+    device = detect_device()
+    choice = resolve_model(cfg.model, device, progress=say)
+    settings = decide_settings(cfg, device)
+    say(f"device: {device.name} ({device.memory_gib:.0f} GiB)")
+    say(f"model: {choice.label} ({choice.reason}); " + "; ".join(settings.notes))
+    model, tokenizer = load(choice, cfg.max_seq_length, settings.load_in_4bit)
+    return Prepared(device, choice, settings, model, tokenizer)
+
+
+def attach_lora(prep: Prepared, cfg, say=print) -> Prepared:
+    """Add LoRA adapters, count parameters and settle the learning rate."""
+    prep.model = add_lora(prep.model, cfg.lora, prep.settings.gradient_checkpointing, cfg.seed)
+    prep.trainable, prep.total = count_parameters(prep.model)
+    prep.learning_rate = cfg.learning_rate or default_learning_rate(prep.total)
+    say(f"LoRA r={cfg.lora.r}: {prep.trainable:,} trainable of {prep.total:,} parameters "
+        f"({100 * prep.trainable / prep.total:.2f}%); learning rate {prep.learning_rate:g}")
+    return prep

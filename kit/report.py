@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(highlight=False)
@@ -23,7 +24,7 @@ def step(title: str) -> None:
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}")
+    console.print(f"[yellow]warning:[/] {escape(message)}")
 
 
 def versions() -> dict[str, str]:
@@ -67,3 +68,44 @@ def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
+
+
+def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: dict,
+           started: float, extra: dict | None = None) -> dict:
+    """Write output_dir/metrics.json and print the summary table; return the metrics."""
+    import dataclasses
+    import time
+
+    from kit.evaluate import improved
+    from kit.train import peak_memory_gib
+
+    out = Path(cfg.output_dir)
+    peak, peak_kind = peak_memory_gib(prep.device.gpu)
+    better = improved(before, after)
+    wall = time.perf_counter() - started
+    metrics = {
+        "recipe": recipe, "model": prep.choice.label, "device": prep.device.name,
+        "before": before, "after": after, "improved": better, **(extra or {}),
+        "train": {"steps": result.steps, "seconds": round(result.seconds, 1),
+                  "tokens": result.tokens, "tokens_per_second": round(result.tokens_per_second, 1),
+                  "loss_first": result.losses[0], "loss_last": result.losses[-1],
+                  "losses": result.losses, "learning_rates": result.learning_rates,
+                  "peak_memory_gib": round(peak, 2), "peak_memory_kind": peak_kind},
+        "trainable_parameters": prep.trainable, "total_parameters": prep.total,
+        "learning_rate": prep.learning_rate,
+        "exports": exports, "wall_seconds": round(wall, 1),
+        "config": dataclasses.asdict(cfg), "versions": versions(),
+    }
+    write_json(out / "metrics.json", metrics)
+    rows = [
+        ("device", prep.device.name), ("model", prep.choice.label),
+        ("trainable", f"{prep.trainable:,} ({100 * prep.trainable / prep.total:.2f}%)"),
+        ("steps", str(result.steps)), ("tokens/s", f"{result.tokens_per_second:,.0f}"),
+        (f"peak {peak_kind}", f"{peak:.2f} GiB"),
+        ("train loss", f"{result.losses[0]:.3f} → {result.losses[-1]:.3f}"),
+        ("wall time", f"{wall:.0f} s"),
+        ("outputs", ", ".join(str(out / k) for k in exports) + f", {out / 'metrics.json'}"),
+    ]
+    console.print(summary_table(rows, {k: v for k, v in before.items() if not isinstance(v, dict | list)},
+                                {k: v for k, v in after.items() if not isinstance(v, dict | list)}, better))
+    return metrics

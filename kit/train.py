@@ -131,3 +131,12 @@ def peak_memory_gib(gpu: bool) -> tuple[float, str]:
     if gpu:
         return torch.cuda.max_memory_allocated() / 2**30, "GPU"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "RAM"
+
+
+def run(prep, encoded: list[Encoded], cfg) -> TrainResult:
+    """Train the prepared model; the trainer's scratch folder is thrown away afterwards."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kit-trainer-") as scratch:
+        return train(prep.model, prep.tokenizer, encoded, cfg, gpu=prep.device.gpu,
+                     bf16=prep.device.bf16, learning_rate=prep.learning_rate, checkpoint_dir=scratch)
