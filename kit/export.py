@@ -90,7 +90,8 @@ def verify(kind: str, path: Path, prompt: list[dict], max_new_tokens: int = 64,
 
 
 def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: list[dict],
-                      progress=print, extra_files: dict[str, str] | None = None) -> dict[str, dict]:
+                      progress=print, extra_files: dict[str, str] | None = None,
+                      max_new_tokens: int = 64) -> dict[str, dict]:
     """Write the exports `what` asks for (adapter, merged or both), with `extra_files`
     (name → text) inside each, and check each one."""
     kinds = ["adapter", "merged"] if what == "both" else [what]
@@ -101,7 +102,7 @@ def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: lis
         (save_adapter if kind == "adapter" else save_merged)(model, tokenizer, path, extra_files)
         progress(f"Checking {kind}: loading it in a fresh process with plain "
                  f"{'peft' if kind == 'adapter' else 'transformers'}")
-        res = results[kind] = {"path": str(path), **verify(kind, path, prompt)}
+        res = results[kind] = {"path": str(path), **verify(kind, path, prompt, max_new_tokens)}
         problem = res.get("error") or "did not stop at EOS"
         status = "[green]loads, answers, stops at EOS[/]" if res["ok"] else f"[red]{problem}[/]"
         progress(f"{kind}: {status}  reply: {escape(repr(res.get('reply', '')[:100]))}")

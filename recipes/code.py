@@ -132,7 +132,7 @@ def main(cfg: CodeConfig) -> dict:
     probe = evaluate.prompt_of(problems[0]) if cfg.mode == "instruct" else \
         [{"role": "user", "content": "Write a Python function that returns the square of x."}]
     exports = export.export_and_verify(prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
-                                       probe, progress=say)
+                                       probe, progress=say, max_new_tokens=max(160, cfg.max_new_tokens))
 
     # 9. Summary table and metrics.json.
     return finish("code", cfg, prep, result, before, after, exports, started)

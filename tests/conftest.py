@@ -26,6 +26,25 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A random-init 2-layer Llama with SmolLM2's tokenizer and chat template (~3.5M params)."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def fim_tokenizer():
+    """SmolLM2's tokenizer plus StarCoder-style fill-in-the-middle tokens."""
+    from kit.embedded import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]})
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_fim_model_dir(tmp_path_factory, fim_tokenizer) -> Path:
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-fim"), fim_tokenizer)
+
+
+def _tiny_llama(path: Path, tokenizer) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -36,7 +55,6 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -26,16 +26,33 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
+# Recipe-specific bad input: (recipe, rows, extra args, message)
+RECIPE_CASES = {
+    "classification: no label column": ("classification", [{"text": "a", "queue": "x"}] * 5, [],
+                                        "no label column 'label'"),
+    "classification: a single class": ("classification", [{"text": f"t{i}", "label": "x"} for i in range(6)],
+                                       [], "only one class"),
+    "code: problems without tests": ("code", [{"prompt": "p", "completion": "c"}] * 5, [],
+                                     "no `tests` column"),
+    "code: FIM on a model without FIM tokens": ("code", None, ["mode=fim", "data={tmp}"],
+                                                "<fim_prefix> <fim_suffix> <fim_middle>"),
+}
+ALL = {**{k: ("chat", *v) for k, v in CASES.items()}, **RECIPE_CASES}
+
+
+@pytest.mark.parametrize("case", list(ALL))
 def test_bad_input(case, tmp_path):
-    rows, args, message = CASES[case]
+    recipe, rows, args, message = ALL[case]
+    if case.startswith("code: FIM"):
+        for i in range(3):
+            (tmp_path / f"m{i}.py").write_text("a = 1\nb = 2\nc = 3\nd = 4\n")
     out = tmp_path / "out"
     data = tmp_path / "d.jsonl"
     if rows is not None:
         write_jsonl(data, rows) if rows else data.write_text("")
         args = [f"data={data}", *args]
     args = [a.format(tmp=tmp_path) for a in args] + [f"output_dir={out}"]
-    proc = run_recipe("chat", *args, timeout=300)
+    proc = run_recipe(recipe, *args, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]

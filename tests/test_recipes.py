@@ -1,0 +1,77 @@
+"""End to end: each recipe on the embedded SmolLM2-135M (few steps), as `make recipe=...` runs
+it, plus the code recipe's fill-in-the-middle mode on a tiny model with FIM tokens."""
+
+import json
+
+import pytest
+from conftest import run_recipe
+
+
+def finished(proc, out):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Run summary" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["before"].keys() == metrics["after"].keys()
+    return metrics
+
+
+def exports_ok(metrics, out):
+    for kind in ("adapter", "merged"):
+        res = metrics["exports"][kind]
+        assert res["ok"] and res["stopped"], res
+        assert (out / kind).is_dir()
+
+
+@pytest.mark.slow
+def test_chat_recipe(tmp_path):
+    out = tmp_path / "chat"
+    m = finished(run_recipe("chat", "max_steps=20", "eval_samples=12", "max_new_tokens=32",
+                            f"output_dir={out}"), out)
+    before, after = m["before"], m["after"]
+    assert before.keys() >= {"loss", "check_rate", "reply_f1", "stopped_at_eos"}
+    assert after["loss"] < before["loss"] and m["improved"]["loss"] is True
+    assert m["train"]["steps"] == 20 and m["train"]["loss_last"] < m["train"]["loss_first"]
+    exports_ok(m, out)
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 16
+
+
+@pytest.mark.slow
+def test_classification_recipe(tmp_path):
+    out = tmp_path / "cls"
+    m = finished(run_recipe("classification", "max_steps=20", "balance=oversample",
+                            f"output_dir={out}"), out)
+    before, after = m["before"], m["after"]
+    assert after["accuracy"] > before["accuracy"] and after["macro_f1"] > before["macro_f1"]
+    n = len(after["labels"])
+    assert len(after["confusion"]) == n and sum(map(sum, after["confusion"])) >= 40
+    exports_ok(m, out)
+    for kind in ("adapter", "merged"):
+        assert json.loads((out / kind / "labels.json").read_text())["labels"] == after["labels"]
+
+
+@pytest.mark.slow
+def test_code_recipe(tmp_path):
+    out = tmp_path / "code"
+    m = finished(run_recipe("code", "max_steps=20", "eval_limit=16", "export=adapter",
+                            f"output_dir={out}"), out)
+    before, after = m["before"], m["after"]
+    assert before["problems"] == after["problems"] == 16
+    assert after["pass_at_1"] >= before["pass_at_1"] and after["loss"] < before["loss"]
+    assert m["exports"]["adapter"]["ok"], m["exports"]
+    assert not (out / "merged").exists()
+
+
+def test_code_recipe_fim_mode(tmp_path, tiny_fim_model_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"m{i}.py").write_text(
+            f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    return z\n\n\nprint(f{i}(3))\n")
+    out = tmp_path / "fim"
+    proc = run_recipe("code", "mode=fim", f"data={src}", f"model={tiny_fim_model_dir}",
+                      "max_steps=3", "eval_fraction=0.25", "max_new_tokens=8", "export=adapter",
+                      f"output_dir={out}")
+    m = finished(proc, out)
+    assert "starcoder style" in proc.stdout
+    assert set(m["after"]) == {"fim_exact", "loss"} and m["train"]["steps"] == 3
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
