@@ -1,0 +1,127 @@
+"""Checkpoints that survive a dead runtime: complete-only resume, an optional mirror, and a
+guard against mixing two different runs in one output folder.
+
+The trainer writes `output_dir/checkpoints/checkpoint-N/` (adapter, optimizer, scheduler,
+RNG states and its position in the data). Only after a save has finished do we add a
+`kit_complete.json` marker; a folder without it was cut off mid-write and is never loaded.
+With `checkpoint_mirror=` (a mounted Google Drive, a Kaggle output folder) each complete
+checkpoint is also copied there, atomically, so a new session can pick it up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from kit.errors import fail
+
+MARKER = "kit_complete.json"
+RUN_CONFIG = "run_config.json"
+# Keys that may change between a run and its resumption without making it another run.
+_FREE_KEYS = {"output_dir", "resume", "overwrite", "checkpoint_mirror", "save_steps",
+              "save_total_limit", "eval_samples", "eval_limit", "max_new_tokens", "export"}
+
+
+def checkpoint_dir(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def _step(path: Path) -> int:
+    m = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoints in `folder` that finished writing, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if _step(p) >= 0 and (p / MARKER).is_file()]
+    return sorted(found, key=_step)
+
+
+def latest(output_dir: str | Path, mirror: str = "") -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint in the output folder or the mirror, and notes on any
+    incomplete ones skipped."""
+    notes = []
+    candidates = []
+    for folder in [checkpoint_dir(output_dir)] + ([checkpoint_dir(mirror)] if mirror else []):
+        if not folder.is_dir():
+            continue
+        partial = [p.name for p in folder.iterdir() if _step(p) >= 0 and not (p / MARKER).is_file()]
+        if partial:
+            notes.append(f"skipped incomplete checkpoint(s) in {folder}: {', '.join(sorted(partial))}")
+        candidates += complete_checkpoints(folder)
+    return (max(candidates, key=_step) if candidates else None), notes
+
+
+def run_key(cfg) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _FREE_KEYS}
+
+
+def claim_output_dir(cfg) -> str:
+    """Decide what to do with an existing output_dir before anything is trained.
+
+    Returns "fresh" or "resume". A folder holding another run's config (or files that are
+    not a run of this kit) is refused unless overwrite=true, which clears its checkpoints.
+    """
+    out = Path(cfg.output_dir)
+    saved = out / RUN_CONFIG
+    if not out.exists() or not any(out.iterdir()):
+        return "fresh"
+    if cfg.overwrite:
+        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+        saved.unlink(missing_ok=True)
+        return "fresh"
+    if not saved.is_file():
+        fail(f"output_dir {out} is not empty and holds no run of this kit; "
+             "choose another output_dir or pass overwrite=true")
+    previous = json.loads(saved.read_text())
+    current = json.loads(json.dumps(run_key(cfg)))
+    if previous != current:
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        fail(f"output_dir {out} holds a run with a different config (changed: {', '.join(changed)}); "
+             "pass overwrite=true to replace it, or choose another output_dir")
+    return "resume" if cfg.resume == "auto" else "fresh"
+
+
+def record_run_config(cfg) -> None:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{RUN_CONFIG}.tmp"
+    tmp.write_text(json.dumps(run_key(cfg), indent=2, sort_keys=True))
+    tmp.replace(out / RUN_CONFIG)
+
+
+def _copy_atomic(src: Path, dst_parent: Path) -> None:
+    dst_parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst_parent / f".{src.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    final = dst_parent / src.name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+class CompleteMarker(TrainerCallback):
+    """After each finished save: mark it complete, mirror it, prune old mirrored ones."""
+
+    def __init__(self, folder: Path, mirror: str, keep: int, say=print):
+        self.folder, self.mirror, self.keep, self.say = folder, mirror, keep, say
+
+    def on_save(self, args, state, control, **kw):
+        path = self.folder / f"checkpoint-{state.global_step}"
+        if not path.is_dir():
+            return
+        (path / MARKER).write_text(json.dumps({"step": state.global_step, "max_steps": state.max_steps}))
+        if self.mirror:
+            target = checkpoint_dir(self.mirror)
+            _copy_atomic(path, target)
+            for old in complete_checkpoints(target)[: -self.keep or None]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.say(f"checkpoint saved at step {state.global_step}"
+                 + (f" (mirrored to {checkpoint_dir(self.mirror)})" if self.mirror else ""))

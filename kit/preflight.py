@@ -1,0 +1,45 @@
+"""Checks that must pass before a GPU hour is spent: enough disk for what will be written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from kit.errors import fail
+
+GIB = 2**30
+
+
+def export_bytes(export: str, total_params: int, trainable: int, save_total_limit: int,
+                 save_steps: int) -> int:
+    """Bytes the run will write: merged 16-bit ≈ 2 bytes/parameter; an adapter ≈ 4 bytes per
+    trainable parameter; each checkpoint ≈ adapter + AdamW's two fp32 states (12 bytes)."""
+    need = 0
+    if export in ("merged", "both"):
+        need += 2 * total_params
+    if export in ("adapter", "both"):
+        need += 4 * trainable
+    if save_steps > 0:
+        need += 12 * trainable * max(save_total_limit, 1)
+    return need + 50 * 2**20  # tokenizer files, configs, metrics
+
+
+def _existing_parent(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_disk(output_dir: str, needed: int, mirror: str = "", disk_usage=shutil.disk_usage) -> str:
+    """Fail with the numbers if output_dir's disk (or the mirror's) cannot hold `needed` bytes."""
+    places = [(output_dir, needed)]
+    if mirror:
+        places.append((mirror, needed - (needed // 2)))  # the mirror gets checkpoints only; rough
+    for place, n in places:
+        free = disk_usage(_existing_parent(Path(place))).free
+        if free < n * 1.1:
+            fail(f"not enough free disk at {place}: this run writes about {n / GIB:.2f} GiB "
+                 f"(exports and checkpoints), {free / GIB:.2f} GiB free; free some space, "
+                 "choose export=adapter, or set output_dir= elsewhere")
+    return f"disk: about {needed / GIB:.2f} GiB to write, enough free at {output_dir}"
