@@ -16,6 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
+import unsloth  # noqa: F401  (before transformers, so it can patch it)
 from transformers import TrainerCallback
 
 from kit.errors import fail

@@ -65,6 +65,18 @@ class RecipeConfig:
     """`unsloth` (offloads activations), `true`, `false`; `auto`: unsloth on GPU, off on CPU."""
     seed: int = 3407
     """Random seed for LoRA init, data order and sampling."""
+    save_steps: int = 20
+    """Checkpoint every N steps into output_dir/checkpoints (0: never)."""
+    save_total_limit: int = 2
+    """Keep only the newest N checkpoints."""
+    checkpoint_mirror: str = ""
+    """Also copy each checkpoint here (a mounted Google Drive, a Kaggle output folder)."""
+    resume: Literal["auto", "never"] = "auto"
+    """`auto`: continue from the newest complete checkpoint in output_dir or the mirror."""
+    overwrite: bool = False
+    """Replace a different run already in output_dir (its checkpoints are deleted)."""
+    trust_remote_code: bool = False
+    """Run code shipped in a model's Hub repository (only for models you trust)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapter settings (`lora.r=32`, ...)."""
 
@@ -186,6 +198,8 @@ def validate(cfg: Any) -> None:
         "max_seq_length": lambda v: v >= 16,
         "learning_rate": lambda v: v is None or v > 0,
         "warmup_steps": lambda v: v >= 0,
+        "save_steps": lambda v: v >= 0,
+        "save_total_limit": lambda v: v >= 1,
     }
     for key, ok in checks.items():
         if hasattr(cfg, key) and not ok(getattr(cfg, key)):

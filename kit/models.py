@@ -102,17 +102,27 @@ def _check_hub_model(name: str) -> None:
         fail(f"unknown model {name!r}: no such model on the Hugging Face Hub (or it is private)")
 
 
-def load(choice: ModelChoice, max_seq_length: int, load_in_4bit: bool):
+def load(choice: ModelChoice, max_seq_length: int, load_in_4bit: bool,
+         trust_remote_code: bool = False):
     """Load model and tokenizer through Unsloth; a model that cannot be found is one clear line."""
+    from kit.secrets import hub_token, redact
+
+    token = hub_token()
     try:
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=choice.path,
             max_seq_length=max_seq_length,
             load_in_4bit=load_in_4bit,
             dtype=None,  # Unsloth picks bf16 where supported, else fp16
+            token=token,
+            trust_remote_code=trust_remote_code,
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        text = redact(str(exc), token)
+        if "trust_remote_code" in text and not trust_remote_code:
+            fail(f"model {choice.label!r} runs code from its own repository; if you trust it, "
+                 "pass trust_remote_code=true")
+        first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
         fail(f"could not load model {choice.label!r}: {first}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -201,7 +211,7 @@ def prepare(cfg, say=print) -> Prepared:
     settings = decide_settings(cfg, device)
     say(f"device: {device.name} ({device.memory_gib:.0f} GiB)")
     say(f"model: {choice.label} ({choice.reason}); " + "; ".join(settings.notes))
-    model, tokenizer = load(choice, cfg.max_seq_length, settings.load_in_4bit)
+    model, tokenizer = load(choice, cfg.max_seq_length, settings.load_in_4bit, cfg.trust_remote_code)
     return Prepared(device, choice, settings, model, tokenizer)
 
 

@@ -55,15 +55,14 @@ class RichProgressCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, loss="-")
+        self.task = self.progress.add_task("train", total=state.max_steps, loss="-",
+                                           completed=state.global_step)
 
     def on_step_end(self, args, state, control, **kw):
         self.progress.update(self.task, completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kw):
         if logs and "loss" in logs:
-            self.result.losses.append(float(logs["loss"]))
-            self.result.learning_rates.append(float(logs.get("learning_rate", 0.0)))
             self.progress.update(self.task, loss=f"{logs['loss']:.3f}")
 
     def on_train_end(self, args, state, control, **kw):
@@ -79,8 +78,10 @@ def to_dataset(encoded: list[Encoded]) -> Dataset:
 
 
 def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: bool,
-          learning_rate: float, checkpoint_dir: str) -> TrainResult:
-    """Run SFT for cfg.max_steps optimizer steps; return losses and throughput."""
+          learning_rate: float, checkpoint_dir: str, resume_from: str | None = None,
+          callbacks: tuple = ()) -> TrainResult:
+    """Run SFT up to cfg.max_steps optimizer steps (continuing from `resume_from`, a
+    checkpoint folder, if given); return the loss curve and this session's throughput."""
     result = TrainResult(steps=0, seconds=0.0, tokens=0)
     collator = CountingCollator(tokenizer)
     args = SFTConfig(
@@ -96,7 +97,9 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
         bf16=gpu and bf16,
         fp16=gpu and not bf16,
         logging_steps=1,
-        save_strategy="no",
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
         report_to="none",
         seed=cfg.seed,
         disable_tqdm=True,
@@ -111,7 +114,7 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
         train_dataset=to_dataset(encoded),
         data_collator=collator,
         args=args,
-        callbacks=[RichProgressCallback(result)],
+        callbacks=[RichProgressCallback(result), *callbacks],
     )
     # transformers' own console printer duplicates the rich bar's loss: silence it.
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -119,10 +122,14 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     start = time.perf_counter()
-    out = trainer.train()
+    out = trainer.train(resume_from_checkpoint=resume_from)
     result.seconds = time.perf_counter() - start
     result.steps = out.global_step
     result.tokens = collator.tokens
+    # The full curve, including steps logged before a resume (kept in the checkpoint's state).
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    result.losses = [float(h["loss"]) for h in logged]
+    result.learning_rates = [float(h.get("learning_rate", 0.0)) for h in logged]
     return result
 
 
@@ -133,10 +140,30 @@ def peak_memory_gib(gpu: bool) -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "RAM"
 
 
-def run(prep, encoded: list[Encoded], cfg) -> TrainResult:
-    """Train the prepared model; the trainer's scratch folder is thrown away afterwards."""
-    import tempfile
+def run(prep, encoded: list[Encoded], cfg, say=print) -> TrainResult:
+    """Check the disk, pick up the newest complete checkpoint (resume=auto), record the run's
+    config in output_dir, and train with checkpoints every cfg.save_steps."""
+    import shutil
 
-    with tempfile.TemporaryDirectory(prefix="kit-trainer-") as scratch:
-        return train(prep.model, prep.tokenizer, encoded, cfg, gpu=prep.device.gpu,
-                     bf16=prep.device.bf16, learning_rate=prep.learning_rate, checkpoint_dir=scratch)
+    from kit import checkpoints, preflight
+
+    need = preflight.export_bytes(cfg.export, prep.total, prep.trainable, cfg.save_total_limit,
+                                  cfg.save_steps)
+    say(preflight.check_disk(cfg.output_dir, need, cfg.checkpoint_mirror))
+    folder = checkpoints.checkpoint_dir(cfg.output_dir)
+    resume_from = None
+    if cfg.resume == "auto":
+        resume_from, notes = checkpoints.latest(cfg.output_dir, cfg.checkpoint_mirror)
+        for note in notes:
+            say(note)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+    if resume_from is not None:
+        step = int(resume_from.name.split("-")[-1])
+        say(f"resuming from {resume_from} (step {step} of {cfg.max_steps})"
+            + ("; training is already complete" if step >= cfg.max_steps else ""))
+    checkpoints.record_run_config(cfg)
+    marker = checkpoints.CompleteMarker(folder, cfg.checkpoint_mirror, cfg.save_total_limit, say)
+    return train(prep.model, prep.tokenizer, encoded, cfg, gpu=prep.device.gpu, bf16=prep.device.bf16,
+                 learning_rate=prep.learning_rate, checkpoint_dir=str(folder),
+                 resume_from=str(resume_from) if resume_from else None, callbacks=(marker,))

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # kit's modules import Unsloth before transformers, trl and peft, so it can patch them.
-from kit import data, evaluate, export, models, train
+from kit import checkpoints, data, evaluate, export, models, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import escape, finish, say, step, warn
@@ -46,6 +46,7 @@ class ChatConfig(RecipeConfig):
 
 def main(cfg: ChatConfig) -> dict:
     started = time.perf_counter()
+    checkpoints.claim_output_dir(cfg)  # another run's folder is refused before any work
 
     # 1. Data first, so a bad file fails in seconds rather than after the model loads.
     step("Data")
@@ -77,7 +78,7 @@ def main(cfg: ChatConfig) -> dict:
 
     # 6. Train.
     step(f"Train {cfg.max_steps} steps")
-    result = train.run(prep, train_enc, cfg)
+    result = train.run(prep, train_enc, cfg, say)
 
     # 7. Evaluate after training, on the same held-out prompts.
     step("Evaluate after training")

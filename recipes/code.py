@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kit import code, data, evaluate, export, models, train
+from kit import checkpoints, code, data, evaluate, export, models, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import fail, run_cli
 from kit.report import escape, finish, say, step, warn
@@ -57,6 +57,7 @@ class CodeConfig(RecipeConfig):
 
 def main(cfg: CodeConfig) -> dict:
     started = time.perf_counter()
+    checkpoints.claim_output_dir(cfg)  # another run's folder is refused before any work
     if cfg.mode == "fim" and cfg.eval == "humaneval":
         fail("eval=humaneval scores instruction-following code; use it with mode=instruct")
 
@@ -124,7 +125,7 @@ def main(cfg: CodeConfig) -> dict:
     # 5-7. Evaluate, train, evaluate again on the same problems.
     before = measure("before training")
     step(f"Train {cfg.max_steps} steps")
-    result = train.run(prep, train_enc, cfg)
+    result = train.run(prep, train_enc, cfg, say)
     after = measure("after training")
 
     # 8. Export; reload each result in a fresh process and answer a held-out task.

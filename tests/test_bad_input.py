@@ -1,10 +1,14 @@
 """Bad input, as a new user would give it: one line on stderr, exit code 2, no traceback,
-nothing written to output_dir. Each case runs the chat recipe in a fresh process."""
+nothing written to output_dir. Every case goes through a recipe's command-line entry point
+in this process (fast); a few also run as a fresh process, exactly as `make` runs them."""
 
 import json
 
 import pytest
 from conftest import chat_row, run_recipe, write_jsonl
+
+from kit.errors import run_cli
+from kit.recipe import recipe
 
 GOOD = [chat_row(f"q{i}", f"a{i}") for i in range(10)]
 
@@ -40,8 +44,10 @@ RECIPE_CASES = {
 ALL = {**{k: ("chat", *v) for k, v in CASES.items()}, **RECIPE_CASES}
 
 
-@pytest.mark.parametrize("case", list(ALL))
-def test_bad_input(case, tmp_path):
+SUBPROCESS = {"malformed JSONL line", "unknown config key", "model folder without a model"}
+
+
+def prepare(case, tmp_path):
     recipe, rows, args, message = ALL[case]
     if case.startswith("code: FIM"):
         for i in range(3):
@@ -51,10 +57,27 @@ def test_bad_input(case, tmp_path):
     if rows is not None:
         write_jsonl(data, rows) if rows else data.write_text("")
         args = [f"data={data}", *args]
-    args = [a.format(tmp=tmp_path) for a in args] + [f"output_dir={out}"]
-    proc = run_recipe(recipe, *args, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr + proc.stdout
+    return recipe, [a.format(tmp=tmp_path) for a in args] + [f"output_dir={out}"], message, out
+
+
+def check(code, stderr, stdout, message, out):
+    assert code == 2, stderr[-2000:]
+    errors = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], stderr[-2000:]
+    assert "Traceback" not in stderr + stdout
     assert not out.exists(), "nothing may be written on bad input"
+
+
+@pytest.mark.parametrize("case", list(ALL))
+def test_bad_input(case, tmp_path, capsys):
+    recipe_name, args, message, out = prepare(case, tmp_path)
+    code = run_cli(recipe(recipe_name).cli, args)
+    captured = capsys.readouterr()
+    check(code, captured.err, captured.out, message, out)
+
+
+@pytest.mark.parametrize("case", sorted(SUBPROCESS))
+def test_bad_input_in_a_fresh_process(case, tmp_path):
+    recipe_name, args, message, out = prepare(case, tmp_path)
+    proc = run_recipe(recipe_name, *args, timeout=300)
+    check(proc.returncode, proc.stderr, proc.stdout, message, out)
