@@ -73,34 +73,15 @@ def load_labeled(source: str, eval_data: str, eval_fraction: float, text_column:
     metrics (the model cannot predict them), with a warning that counts them.
     """
     notes: list[str] = []
-    if source.startswith("builtin:"):
-        name = source.split(":", 1)[1]
-        path = data.BUILTIN_DIR / f"{name}_train.jsonl"
-        if not path.is_file():
-            fail(f"unknown built-in dataset {name!r}")
-        train_rows, test_rows = data.read_records(str(path)), data.read_records(
-            str(data.BUILTIN_DIR / f"{name}_test.jsonl"))
-    else:
-        train_rows = data.read_records(source)
-        test_rows = data.read_records(eval_data) if eval_data else None
-        if test_rows is None and not data.is_local(source):
-            try:
-                test_rows = data.read_records(source, "test")
-            except Exception:  # no test split: hold out a fraction below
-                test_rows = None
+    train_rows, test_rows = data.read_split_rows(source, eval_data)
     texts, labels = _columns(train_rows, source, text_column, label_column)
     if test_rows is None:
-        order = list(range(len(texts)))
-        random.Random(seed).shuffle(order)
-        n = min(max(1, round(len(texts) * eval_fraction)), 500)
-        if len(texts) - n < 2:
-            fail(f"{source}: {len(texts)} example(s) is too few to hold some out for evaluation")
-        held = set(order[:n])
+        held = data.hold_out(len(texts), eval_fraction, seed, source, cap=500)
         test_texts = [t for i, t in enumerate(texts) if i in held]
         test_labels = [lab for i, lab in enumerate(labels) if i in held]
         texts = [t for i, t in enumerate(texts) if i not in held]
         labels = [lab for i, lab in enumerate(labels) if i not in held]
-        notes.append(f"held out {n} examples for evaluation (eval_fraction={eval_fraction})")
+        notes.append(f"held out {len(held)} examples for evaluation (eval_fraction={eval_fraction})")
     else:
         test_texts, test_labels = _columns(test_rows, eval_data or source, text_column, label_column)
     label_set = sorted(set(labels), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))

@@ -219,38 +219,48 @@ def to_examples(rows: list[dict], source: str) -> tuple[list[Example], str]:
     return [to_example(r, fmt, f"{source}, example {i}") for i, r in enumerate(rows, 1)], fmt
 
 
-def load_splits(data: str, eval_data: str = "", eval_fraction: float = 0.1, seed: int = 0) -> Splits:
-    """Train and held-out examples, every row validated. `builtin:NAME` reads the kit's own
-    NAME_{train,test}.jsonl; otherwise `eval_data`, a Hub `test` split, or a seeded
-    `eval_fraction` of the rows is held out."""
-    notes: list[str] = []
+def read_split_rows(data: str, eval_data: str = "") -> tuple[list[dict], list[dict] | None]:
+    """Raw training rows, and evaluation rows where the source has them: `builtin:NAME`'s own
+    test file, `eval_data`, or a Hub dataset's `test` split; None means "hold some out"."""
     if data.startswith("builtin:"):
         name = data.split(":", 1)[1]
         if not (BUILTIN_DIR / f"{name}_train.jsonl").is_file():
             known = sorted(p.name[: -len("_train.jsonl")] for p in BUILTIN_DIR.glob("*_train.jsonl"))
             fail(f"unknown built-in dataset {name!r}; have: {', '.join(known)}")
-        train_rows = _read_file(BUILTIN_DIR / f"{name}_train.jsonl")
-        test_rows = _read_file(BUILTIN_DIR / f"{name}_test.jsonl")
-    else:
-        train_rows = read_records(data)
-        test_rows = read_records(eval_data) if eval_data else None
-        if test_rows is None and not is_local(data):
-            try:
-                test_rows = read_records(data, "test")
-            except KitError:  # no test split: hold out a fraction below
-                test_rows = None
+        return _read_file(BUILTIN_DIR / f"{name}_train.jsonl"), _read_file(BUILTIN_DIR / f"{name}_test.jsonl")
+    train_rows = read_records(data)
+    if eval_data:
+        return train_rows, read_records(eval_data)
+    if not is_local(data):
+        try:
+            return train_rows, read_records(data, "test")
+        except KitError:  # no test split
+            pass
+    return train_rows, None
+
+
+def hold_out(n_items: int, fraction: float, seed: int, source: str, cap: int = 200) -> set[int]:
+    """Seeded indices of the items to hold out for evaluation (at least one, at most `cap`)."""
+    n = min(max(1, round(n_items * fraction)), cap)
+    if n_items - n < 1:
+        fail(f"{source}: {n_items} example(s) is too few to hold some out for evaluation")
+    order = list(range(n_items))
+    random.Random(seed).shuffle(order)
+    return set(order[:n])
+
+
+def load_splits(data: str, eval_data: str = "", eval_fraction: float = 0.1, seed: int = 0) -> Splits:
+    """Train and held-out examples, every row validated (see read_split_rows for where the
+    held-out ones come from; otherwise a seeded `eval_fraction` of the rows)."""
+    notes: list[str] = []
+    train_rows, test_rows = read_split_rows(data, eval_data)
     train, fmt = to_examples(train_rows, data)
     if test_rows is None:
-        rng = random.Random(seed)
-        order = list(range(len(train)))
-        rng.shuffle(order)
-        n = min(max(1, round(len(train) * eval_fraction)), 200)
-        if len(train) - n < 1:
-            fail(f"{data}: {len(train)} example(s) is too few to hold some out for evaluation")
-        held = set(order[:n])
+        held = hold_out(len(train), eval_fraction, seed, data)
         test = [e for i, e in enumerate(train) if i in held]
         train = [e for i, e in enumerate(train) if i not in held]
-        notes.append(f"held out {n} of {len(order)} examples for evaluation (eval_fraction={eval_fraction})")
+        notes.append(f"held out {len(held)} of {len(held) + len(train)} examples for evaluation "
+                     f"(eval_fraction={eval_fraction})")
     else:
         test, _ = to_examples(test_rows, eval_data or data)
     return Splits(train, test, data, fmt, notes)
