@@ -65,37 +65,45 @@ def run_key(cfg) -> dict:
 
 
 def claim_output_dir(cfg) -> str:
-    """Decide what to do with an existing output_dir before anything is trained.
+    """Decide what to do with an existing output_dir (and mirror) before anything is trained.
 
-    Returns "fresh" or "resume". A folder holding another run's config (or files that are
-    not a run of this kit) is refused unless overwrite=true, which clears its checkpoints.
+    Returns "fresh" or "resume". A folder holding another run's config (or, for output_dir,
+    files that are not a run of this kit) is refused unless overwrite=true, which clears the
+    old checkpoints.
     """
     out = Path(cfg.output_dir)
-    saved = out / RUN_CONFIG
-    if not out.exists() or not any(out.iterdir()):
-        return "fresh"
+    places = [out] + ([Path(cfg.checkpoint_mirror)] if cfg.checkpoint_mirror else [])
     if cfg.overwrite:
-        shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-        saved.unlink(missing_ok=True)
+        for place in places:
+            shutil.rmtree(checkpoint_dir(place), ignore_errors=True)
+            (place / RUN_CONFIG).unlink(missing_ok=True)
         return "fresh"
-    if not saved.is_file():
+    if out.exists() and any(out.iterdir()) and not (out / RUN_CONFIG).is_file():
         fail(f"output_dir {out} is not empty and holds no run of this kit; "
              "choose another output_dir or pass overwrite=true")
-    previous = json.loads(saved.read_text())
     current = json.loads(json.dumps(run_key(cfg)))
-    if previous != current:
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        fail(f"output_dir {out} holds a run with a different config (changed: {', '.join(changed)}); "
-             "pass overwrite=true to replace it, or choose another output_dir")
-    return "resume" if cfg.resume == "auto" else "fresh"
+    found = False
+    for place in places:
+        saved = place / RUN_CONFIG
+        if not saved.is_file():
+            continue
+        found = True
+        previous = json.loads(saved.read_text())
+        if previous != current:
+            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+            fail(f"{place} holds a run with a different config (changed: {', '.join(changed)}); "
+                 "pass overwrite=true to replace it, or choose another output_dir/checkpoint_mirror")
+    return "resume" if found and cfg.resume == "auto" else "fresh"
 
 
 def record_run_config(cfg) -> None:
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{RUN_CONFIG}.tmp"
-    tmp.write_text(json.dumps(run_key(cfg), indent=2, sort_keys=True))
-    tmp.replace(out / RUN_CONFIG)
+    """Write the run's config beside its checkpoints (and in the mirror)."""
+    text = json.dumps(run_key(cfg), indent=2, sort_keys=True)
+    for place in [Path(cfg.output_dir)] + ([Path(cfg.checkpoint_mirror)] if cfg.checkpoint_mirror else []):
+        place.mkdir(parents=True, exist_ok=True)
+        tmp = place / f".{RUN_CONFIG}.tmp"
+        tmp.write_text(text)
+        tmp.replace(place / RUN_CONFIG)
 
 
 def _copy_atomic(src: Path, dst_parent: Path) -> None:

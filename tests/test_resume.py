@@ -89,10 +89,17 @@ def test_claim_output_dir(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir()
     assert checkpoints.claim_output_dir(cfg) == "resume"
     assert checkpoints.claim_output_dir(apply_overrides(cfg, ["export=adapter"])) == "resume"
-    with pytest.raises(KitError, match=r"different config \(changed: lora.r\)|changed: lora"):
+    with pytest.raises(KitError, match=r"different config \(changed: lora"):
         checkpoints.claim_output_dir(apply_overrides(cfg, ["lora.r=8"]))
     assert checkpoints.claim_output_dir(apply_overrides(cfg, ["lora.r=8", "overwrite=true"])) == "fresh"
     assert not (tmp_path / "run" / "checkpoints").exists()
+    drive = tmp_path / "drive"
+    mirrored = apply_overrides(cfg, [f"output_dir={tmp_path / 'a'}", f"checkpoint_mirror={drive}"])
+    checkpoints.record_run_config(mirrored)
+    assert (tmp_path / "drive" / checkpoints.RUN_CONFIG).is_file()
+    other = apply_overrides(mirrored, [f"output_dir={tmp_path / 'b'}", "max_steps=7"])  # a new session
+    with pytest.raises(KitError, match="drive holds a run with a different config"):
+        checkpoints.claim_output_dir(other)
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("mine")
     with pytest.raises(KitError, match="holds no run of this kit"):
