@@ -190,7 +190,12 @@ def apply_overrides(cfg: Any, args: list[str]) -> Any:
 
 
 def validate(cfg: Any) -> None:
-    """Range checks shared by every recipe (types were checked while parsing)."""
+    """Choices and ranges, for configs built in Python as well as parsed from key=value."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if typing.get_origin(hints[f.name]) is Literal and value not in typing.get_args(hints[f.name]):
+            fail(f"{f.name}={value!r}: expected one of {', '.join(map(str, typing.get_args(hints[f.name])))}")
     checks = {
         "max_steps": lambda v: v > 0,
         "batch_size": lambda v: v > 0,

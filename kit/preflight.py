@@ -43,3 +43,12 @@ def check_disk(output_dir: str, needed: int, mirror: str = "", disk_usage=shutil
                  f"(exports and checkpoints), {free / GIB:.2f} GiB free; free some space, "
                  "choose export=adapter, or set output_dir= elsewhere")
     return f"disk: about {needed / GIB:.2f} GiB to write, enough free at {output_dir}"
+
+
+def start(cfg) -> None:
+    """A recipe's first step: the config's values, then whether output_dir is ours to use."""
+    from kit.checkpoints import claim_output_dir
+    from kit.config import validate
+
+    validate(cfg)
+    claim_output_dir(cfg)

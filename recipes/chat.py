@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # kit's modules import Unsloth before transformers, trl and peft, so it can patch them.
-from kit import checkpoints, data, evaluate, export, models, train
+from kit import data, evaluate, export, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import escape, finish, say, step, warn
@@ -46,7 +46,7 @@ class ChatConfig(RecipeConfig):
 
 def main(cfg: ChatConfig) -> dict:
     started = time.perf_counter()
-    checkpoints.claim_output_dir(cfg)  # another run's folder is refused before any work
+    preflight.start(cfg)  # bad values, or another run's output_dir, stop here
 
     # 1. Data first, so a bad file fails in seconds rather than after the model loads.
     step("Data")

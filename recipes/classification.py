@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kit import checkpoints, classify, data, export, models, train
+from kit import classify, data, export, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import console, escape, finish, say, step, warn
@@ -51,7 +51,7 @@ class ClassificationConfig(RecipeConfig):
 
 def main(cfg: ClassificationConfig) -> dict:
     started = time.perf_counter()
-    checkpoints.claim_output_dir(cfg)  # another run's folder is refused before any work
+    preflight.start(cfg)  # bad values, or another run's output_dir, stop here
 
     # 1. Data: texts and labels; the label set is read from the training split.
     step("Data")

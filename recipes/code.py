@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kit import checkpoints, code, data, evaluate, export, models, train
+from kit import code, data, evaluate, export, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import fail, run_cli
 from kit.report import escape, finish, say, step, warn
@@ -57,7 +57,7 @@ class CodeConfig(RecipeConfig):
 
 def main(cfg: CodeConfig) -> dict:
     started = time.perf_counter()
-    checkpoints.claim_output_dir(cfg)  # another run's folder is refused before any work
+    preflight.start(cfg)  # bad values, or another run's output_dir, stop here
     if cfg.mode == "fim" and cfg.eval == "humaneval":
         fail("eval=humaneval scores instruction-following code; use it with mode=instruct")
 

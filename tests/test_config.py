@@ -62,3 +62,13 @@ def test_help_prints_keys_and_returns_none(capsys):
     assert parse_cli(RecipeConfig(), ["--help"]) is None
     out = capsys.readouterr().out
     assert "lora.r" in out and "max_steps" in out
+
+
+def test_configs_built_in_python_are_checked_too():
+    from kit.config import validate
+
+    with pytest.raises(KitError, match="adapter, merged, both"):
+        validate(RecipeConfig(export="gguf"))
+    with pytest.raises(KitError, match="out of range"):
+        validate(RecipeConfig(max_steps=-5))
+    validate(RecipeConfig())
