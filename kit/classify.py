@@ -142,11 +142,7 @@ def score(model, tokenizer, texts: list[str], label_set: list[str], max_len: int
     model.eval()
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
-            chunk = encoded[start : start + batch_size]
-            width = max(len(e.input_ids) for e in chunk)
-            ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in chunk])
-            mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk])
-            labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in chunk])
+            ids, mask, labels = data.pad_batch(encoded[start : start + batch_size], pad)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             target = labels[:, 1:]
@@ -210,24 +206,14 @@ def labels_file(label_set: list[str]) -> str:
 def predict(folder: str | Path, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
     """Labels with a probability per class for `texts`, from a saved adapter/ or merged/
     folder of the classification recipe (plain peft/transformers; no training stack)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from kit.verify import load_exported
 
     folder = Path(folder)
     meta_path = folder / LABELS_FILE
     if not meta_path.is_file():
         fail(f"{folder} has no {LABELS_FILE}: not an output of the classification recipe")
     label_set = json.loads(meta_path.read_text())["labels"]
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    dtype = "auto" if torch.cuda.is_available() else torch.float32
-    if (folder / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    if torch.cuda.is_available():
-        model = model.to("cuda")
+    model, tokenizer = load_exported(folder)
     probs = score(model, tokenizer, texts, label_set)
     return [(max(p, key=p.get), p) for p in probs]
 

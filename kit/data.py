@@ -323,6 +323,17 @@ def encode_all(
     return encoded, notes
 
 
+def pad_batch(chunk: list[Encoded], pad_id: int):
+    """Right-padded (input_ids, attention_mask, labels) tensors for a list of encoded rows."""
+    import torch
+
+    width = max(len(e.input_ids) for e in chunk)
+    ids = torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in chunk])
+    mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk])
+    labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in chunk])
+    return ids, mask, labels
+
+
 def check_reply(example: Example, reply: str) -> bool | None:
     """Apply an example's `expect`/`reject` checks to a generated reply; None if it has none."""
     if example.expect is None and example.reject is None:

@@ -11,7 +11,7 @@ import torch
 import unsloth  # noqa: F401
 from unsloth import FastLanguageModel
 
-from kit.data import Encoded, Example, check_reply, render
+from kit.data import Encoded, Example, check_reply, pad_batch, render
 
 
 @dataclass
@@ -28,12 +28,7 @@ def heldout_loss(model, tokenizer, encoded: list[Encoded], batch_size: int = 8) 
     total, count = 0.0, 0
     device = next(model.parameters()).device
     for i in range(0, len(encoded), batch_size):
-        chunk = encoded[i : i + batch_size]
-        width = max(len(e.input_ids) for e in chunk)
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([e.input_ids + [pad] * (width - len(e.input_ids)) for e in chunk])
-        mask = torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids)) for e in chunk])
-        labels = torch.tensor([e.labels + [-100] * (width - len(e.labels)) for e in chunk])
+        ids, mask, labels = pad_batch(encoded[i : i + batch_size], tokenizer.pad_token_id)
         n = int((labels[:, 1:] != -100).sum())
         if n == 0:
             continue

@@ -13,13 +13,15 @@ import sys
 import time
 
 
-def main(argv: list[str]) -> int:
-    kind, path, prompt = argv[0], argv[1], json.loads(argv[2])
-    max_new_tokens = int(argv[3]) if len(argv) > 3 else 64
-    start = time.perf_counter()
+def load_exported(path, kind: str | None = None):
+    """(model, tokenizer) from an exported folder with plain peft/transformers: an adapter
+    folder (it has adapter_config.json) or a merged one. fp32 on CPU, the saved dtype on GPU."""
+    from pathlib import Path
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kind = kind or ("adapter" if (Path(path) / "adapter_config.json").is_file() else "merged")
     tokenizer = AutoTokenizer.from_pretrained(path)
     gpu = torch.cuda.is_available()
     dtype = "auto" if gpu else torch.float32
@@ -31,8 +33,16 @@ def main(argv: list[str]) -> int:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     else:
         raise SystemExit(f"unknown kind {kind!r}")
-    if gpu:
-        model = model.to("cuda")
+    return (model.to("cuda") if gpu else model), tokenizer
+
+
+def main(argv: list[str]) -> int:
+    kind, path, prompt = argv[0], argv[1], json.loads(argv[2])
+    max_new_tokens = int(argv[3]) if len(argv) > 3 else 64
+    start = time.perf_counter()
+    import torch
+
+    model, tokenizer = load_exported(path, kind)
     loaded = time.perf_counter() - start
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
