@@ -32,7 +32,8 @@ def checkpoint_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def _step(path: Path) -> int:
+def step_of(path: Path) -> int:
+    """The step of a `checkpoint-N` folder, -1 for anything else."""
     m = re.fullmatch(r"checkpoint-(\d+)", path.name)
     return int(m.group(1)) if m else -1
 
@@ -41,8 +42,8 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     """Checkpoints in `folder` that finished writing, oldest first."""
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if _step(p) >= 0 and (p / MARKER).is_file()]
-    return sorted(found, key=_step)
+    found = [p for p in folder.iterdir() if step_of(p) >= 0 and (p / MARKER).is_file()]
+    return sorted(found, key=step_of)
 
 
 def latest(output_dir: str | Path, mirror: str = "") -> tuple[Path | None, list[str]]:
@@ -53,11 +54,11 @@ def latest(output_dir: str | Path, mirror: str = "") -> tuple[Path | None, list[
     for folder in [checkpoint_dir(output_dir)] + ([checkpoint_dir(mirror)] if mirror else []):
         if not folder.is_dir():
             continue
-        partial = [p.name for p in folder.iterdir() if _step(p) >= 0 and not (p / MARKER).is_file()]
+        partial = [p.name for p in folder.iterdir() if step_of(p) >= 0 and not (p / MARKER).is_file()]
         if partial:
             notes.append(f"skipped incomplete checkpoint(s) in {folder}: {', '.join(sorted(partial))}")
         candidates += complete_checkpoints(folder)
-    return (max(candidates, key=_step) if candidates else None), notes
+    return (max(candidates, key=step_of) if candidates else None), notes
 
 
 def run_key(cfg) -> dict:

@@ -152,7 +152,7 @@ def fim_examples(texts: list[str], per_text: int, seed: int) -> list[tuple[str, 
         for _ in range(per_text):
             cut = fim_split(text, rng)
             if cut:
-                out.append((cut[0], cut[1], cut[2]))
+                out.append(cut)
     return out
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
-import json
 import textwrap
 import types
 import typing
@@ -226,14 +225,6 @@ def _deepcopy(cfg: Any) -> Any:
         if dataclasses.is_dataclass(getattr(cfg, f.name))
     }
     return dataclasses.replace(cfg, **changes)
-
-
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def to_json(cfg: Any) -> str:
-    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
 def parse_cli(default: Any, argv: list[str]) -> Any | None:

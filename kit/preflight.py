@@ -31,11 +31,13 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
-def check_disk(output_dir: str, needed: int, mirror: str = "", disk_usage=shutil.disk_usage) -> str:
-    """Fail with the numbers if output_dir's disk (or the mirror's) cannot hold `needed` bytes."""
+def check_disk(output_dir: str, needed: int, mirror: str = "", mirror_needed: int = 0,
+               disk_usage=shutil.disk_usage) -> str:
+    """Fail with the numbers if output_dir's disk cannot hold `needed` bytes, or the mirror's
+    `mirror_needed` (it receives checkpoints only)."""
     places = [(output_dir, needed)]
     if mirror:
-        places.append((mirror, needed - (needed // 2)))  # the mirror gets checkpoints only; rough
+        places.append((mirror, mirror_needed))
     for place, n in places:
         free = disk_usage(_existing_parent(Path(place))).free
         if free < n * 1.1:

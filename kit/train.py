@@ -45,8 +45,7 @@ class CountingCollator:
 class RichProgressCallback(TrainerCallback):
     """One progress bar with the running loss, in place of transformers' tqdm bars."""
 
-    def __init__(self, result: TrainResult):
-        self.result = result
+    def __init__(self):
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -114,7 +113,7 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
         train_dataset=to_dataset(encoded),
         data_collator=collator,
         args=args,
-        callbacks=[RichProgressCallback(result), *callbacks],
+        callbacks=[RichProgressCallback(), *callbacks],
     )
     # transformers' own console printer duplicates the rich bar's loss: silence it.
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -147,9 +146,10 @@ def run(prep, encoded: list[Encoded], cfg, say=print) -> TrainResult:
 
     from kit import checkpoints, preflight
 
-    need = preflight.export_bytes(cfg.export, prep.total, prep.trainable, cfg.save_total_limit,
-                                  cfg.save_steps)
-    say(preflight.check_disk(cfg.output_dir, need, cfg.checkpoint_mirror))
+    sizes = (prep.total, prep.trainable, cfg.save_total_limit, cfg.save_steps)
+    need = preflight.export_bytes(cfg.export, *sizes)
+    mirror_need = preflight.export_bytes("none", *sizes)  # the mirror gets checkpoints only
+    say(preflight.check_disk(cfg.output_dir, need, cfg.checkpoint_mirror, mirror_need))
     folder = checkpoints.checkpoint_dir(cfg.output_dir)
     resume_from = None
     if cfg.resume == "auto":
@@ -159,7 +159,7 @@ def run(prep, encoded: list[Encoded], cfg, say=print) -> TrainResult:
     else:
         shutil.rmtree(folder, ignore_errors=True)
     if resume_from is not None:
-        step = int(resume_from.name.split("-")[-1])
+        step = checkpoints.step_of(resume_from)
         say(f"resuming from {resume_from} (step {step} of {cfg.max_steps})"
             + ("; training is already complete" if step >= cfg.max_steps else ""))
     checkpoints.record_run_config(cfg)
