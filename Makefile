@@ -5,9 +5,13 @@ ARGS ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.kit-stack
+LLAMA_STAMP := $(VENV)/.kit-llama
+# llama.cpp's converter and the llama-cpp-python binding (built from the PyPI sdist, minutes on
+# 2 cores, cached): only runs that export GGUF, and the tests, need them.
+NEEDS_LLAMA := $(if $(findstring gguf,$(ARGS))$(findstring export=all,$(ARGS)),$(LLAMA_STAMP))
 
 .DEFAULT_GOAL := run
-.PHONY: run test test-fast lint setup clean
+.PHONY: run plan bench test test-fast lint setup gguf-tools clean check-recipe
 
 $(STAMP): requirements/stack.txt requirements/constraints.txt scripts/setup_venv.sh pyproject.toml
 	bash scripts/setup_venv.sh
@@ -15,19 +19,37 @@ $(STAMP): requirements/stack.txt requirements/constraints.txt scripts/setup_venv
 
 setup: $(STAMP)
 
-run: $(STAMP)
+$(LLAMA_STAMP): $(STAMP) scripts/setup_llama.sh
+	bash scripts/setup_llama.sh
+	touch $@
+
+gguf-tools: $(LLAMA_STAMP)
+
+check-recipe:
 	@test -f recipes/$(recipe).py || { echo "error: no recipe '$(recipe)'; have: $$(ls recipes | sed -n 's/\.py$$//p' | tr '\n' ' ')" >&2; exit 2; }
+
+run: $(STAMP) $(NEEDS_LLAMA) check-recipe
 	$(PY) recipes/$(recipe).py $(ARGS)
 
-test: $(STAMP)
-	$(PY) -m ruff check kit recipes tests scripts
+# The memory plan for a recipe and card, without loading weights: make plan recipe=chat ARGS="model=... gpu_memory_gib=15"
+plan: $(STAMP) check-recipe
+	@$(PY) recipes/$(recipe).py --plan $(ARGS)
+
+# kit's training path against plain transformers+PEFT+bitsandbytes (bench/bench.py --help).
+# A GPU: Llama-3.1-8B shapes per memory budget; CPU: a tiny shape, under two minutes.
+bench: $(STAMP)
+	@if nvidia-smi >/dev/null 2>&1; then $(PY) bench/bench.py suite --shape 8b --seq 2048 $(ARGS); \
+	else $(PY) bench/bench.py suite --shape tiny --seq 128 --batch 2 --steps 8 --out outputs/bench-cpu.json $(ARGS); fi
+
+test: $(STAMP) $(LLAMA_STAMP)
+	$(PY) -m ruff check kit recipes tests scripts bench
 	$(PY) -m pytest -q $(ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check kit recipes tests scripts
+	$(PY) -m ruff check kit recipes tests scripts bench
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from kit.errors import fail
 
-Export = Literal["adapter", "merged", "both"]
+Export = Literal["adapter", "merged", "both", "gguf", "all"]
+REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 
 
 @dataclass
@@ -46,13 +47,18 @@ class RecipeConfig:
     max_steps: int = 60
     """Optimizer steps to train."""
     export: Export = "both"
-    """What to write: `adapter` (PEFT), `merged` (16-bit, plain transformers) or `both`."""
+    """What to write: `adapter` (PEFT), `merged` (16-bit, plain transformers), `both`, `gguf`
+    (for llama.cpp and Ollama, with a Modelfile) or `all` three."""
+    gguf_quant: str = "q8_0"
+    """GGUF type for export=gguf/all: q8_0, f16, bf16 (converter only), or q4_k_m, q5_k_m, q6_k,
+    q4_0 (quantized with llama.cpp)."""
     max_seq_length: int = 512
     """Longest sequence in tokens; longer examples are truncated (with a warning)."""
     batch_size: int = 4
-    """Examples per device step."""
-    grad_accum: int = 1
-    """Gradient accumulation steps; the effective batch is batch_size * grad_accum."""
+    """Examples per optimizer step (the effective batch)."""
+    micro_batch_size: int = 0
+    """Examples per forward pass; gradient accumulation makes up `batch_size`. 0: the memory
+    plan picks the largest that fits."""
     learning_rate: float | None = None
     """Peak learning rate. Default: 1e-3 for models under 0.5B parameters, else 2e-4."""
     warmup_steps: int = 5
@@ -61,7 +67,13 @@ class RecipeConfig:
     """Load the base in 4-bit NF4. Default: on with a GPU; off on CPU, where Unsloth
     cannot merge into a 4-bit base."""
     gradient_checkpointing: str = "auto"
-    """`unsloth` (offloads activations), `true`, `false`; `auto`: unsloth on GPU, off on CPU."""
+    """`unsloth` (recompute, inputs offloaded to CPU), `true` (recompute), `false`; `auto`: the
+    memory plan turns it off whenever the run fits without it (fastest)."""
+    gpu_memory_gib: float = 0.0
+    """Plan for this much GPU memory instead of what the card has free (0). With `make plan`
+    it answers "does this fit a 16 GB T4?" on any machine."""
+    memory_margin: float = 0.15
+    """Share of the memory the plan leaves unused for the allocator's cache and fragmentation."""
     seed: int = 3407
     """Random seed for LoRA init, data order and sampling."""
     save_steps: int = 20
@@ -74,6 +86,14 @@ class RecipeConfig:
     """`auto`: continue from the newest complete checkpoint in output_dir or the mirror."""
     overwrite: bool = False
     """Replace a different run already in output_dir (its checkpoints are deleted)."""
+    push: str = ""
+    """After the run, upload the exports to the Hugging Face Hub: `user/repo` gets the adapter,
+    `user/repo-merged` the merged model, `user/repo-GGUF` the GGUF, each with a model card."""
+    push_private: bool = False
+    """Create the Hub repositories as private (an existing repository keeps its visibility)."""
+    report_to: str = "none"
+    """Training loggers for TRL: `none`, or any of `tensorboard`, `wandb`, `trackio`
+    (comma-separated). Nothing is sent anywhere unless you name one."""
     trust_remote_code: bool = False
     """Run code shipped in a model's Hub repository (only for models you trust)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -198,7 +218,9 @@ def validate(cfg: Any) -> None:
     checks = {
         "max_steps": lambda v: v > 0,
         "batch_size": lambda v: v > 0,
-        "grad_accum": lambda v: v > 0,
+        "micro_batch_size": lambda v: v >= 0,
+        "gpu_memory_gib": lambda v: v >= 0,
+        "memory_margin": lambda v: 0 <= v < 0.9,
         "max_seq_length": lambda v: v >= 16,
         "learning_rate": lambda v: v is None or v > 0,
         "warmup_steps": lambda v: v >= 0,
@@ -208,6 +230,22 @@ def validate(cfg: Any) -> None:
     for key, ok in checks.items():
         if hasattr(cfg, key) and not ok(getattr(cfg, key)):
             fail(f"{key}={getattr(cfg, key)!r} is out of range")
+    if getattr(cfg, "micro_batch_size", 0) and cfg.batch_size % cfg.micro_batch_size:
+        fail(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={cfg.micro_batch_size}")
+    if getattr(cfg, "export", "") in ("gguf", "all"):
+        from kit.gguf import QUANTS
+
+        if cfg.gguf_quant not in QUANTS:
+            fail(f"gguf_quant={cfg.gguf_quant!r}: expected one of {', '.join(QUANTS)}")
+    if getattr(cfg, "push", ""):
+        from kit.hub import check_repo
+
+        check_repo(cfg.push)
+    if hasattr(cfg, "report_to"):
+        loggers = [x.strip() for x in cfg.report_to.split(",") if x.strip()]
+        unknown = [x for x in loggers if x not in REPORT_TO]
+        if unknown or not loggers:
+            fail(f"report_to={cfg.report_to!r}: expected none or any of {', '.join(REPORT_TO[1:])}")
     if hasattr(cfg, "lora") and cfg.lora.r <= 0:
         fail(f"lora.r={cfg.lora.r} must be positive")
     if hasattr(cfg, "gradient_checkpointing"):
@@ -228,7 +266,13 @@ def _deepcopy(cfg: Any) -> Any:
 
 
 def parse_cli(default: Any, argv: list[str]) -> Any | None:
-    """Config from command-line `key=value` words; None after printing help for -h/--help."""
+    """Config from command-line `key=value` words; None after printing help for -h/--help,
+    or the memory plan for --plan (nothing is trained)."""
+    if "--plan" in argv:
+        from kit.models import show_plan
+
+        show_plan(apply_overrides(default, [a for a in argv if a != "--plan"]))
+        return None
     if any(a in ("-h", "--help", "help") for a in argv):
         from rich.console import Console
         from rich.table import Table

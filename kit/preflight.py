@@ -1,4 +1,5 @@
-"""Checks that must pass before a GPU hour is spent: enough disk for what will be written."""
+"""Checks that must pass before a GPU hour is spent: enough disk for what will be written, and
+the token or packages the end of the run will need."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ def export_bytes(export: str, total_params: int, trainable: int, save_total_limi
     """Bytes the run will write: merged 16-bit ≈ 2 bytes/parameter; an adapter ≈ 4 bytes per
     trainable parameter; each checkpoint ≈ adapter + AdamW's two fp32 states (12 bytes)."""
     need = 0
-    if export in ("merged", "both"):
+    if export in ("merged", "both", "gguf", "all"):  # a GGUF is converted from the merged model
+        need += 2 * total_params
+    if export in ("gguf", "all"):
         need += 2 * total_params
     if export in ("adapter", "both"):
         need += 4 * trainable
@@ -53,4 +56,31 @@ def start(cfg) -> None:
     from kit.config import validate
 
     validate(cfg)
+    check_services(cfg)
     claim_output_dir(cfg)
+
+
+# The package each `report_to=` logger needs.
+LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+
+
+def check_services(cfg) -> None:
+    """What the end of the run needs from outside (a Hub token, a logger's package) is checked
+    at the start, so a missing token fails in a second rather than after training."""
+    import importlib.util
+
+    for logger in (x.strip() for x in getattr(cfg, "report_to", "none").split(",")):
+        package = LOGGER_PACKAGES.get(logger)
+        if package and importlib.util.find_spec(package) is None:
+            fail(f"report_to={logger} needs the {package} package: pip install {package}")
+    if getattr(cfg, "export", "") in ("gguf", "all"):
+        from kit.gguf import tools_available
+
+        missing = tools_available()  # the converter, and the binding that checks the result
+        if missing:
+            fail(f"export={cfg.export}: {missing}")
+    if getattr(cfg, "push", ""):
+        from kit.secrets import hub_token
+
+        if not hub_token():
+            fail(f"push={cfg.push} needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")

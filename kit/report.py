@@ -71,8 +71,9 @@ def write_json(path: Path, data: dict) -> None:
 
 
 def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: dict,
-           started: float, extra: dict | None = None) -> dict:
-    """Write output_dir/metrics.json and print the summary table; return the metrics."""
+           started: float, held_out: int = 0, extra: dict | None = None) -> dict:
+    """Write output_dir/metrics.json and report.png, print the summary table; return the
+    metrics. `held_out`: how many held-out examples the metrics were measured on."""
     import dataclasses
     import time
 
@@ -85,6 +86,8 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
     wall = time.perf_counter() - started
     metrics = {
         "recipe": recipe, "model": prep.choice.label, "device": prep.device.name,
+        "base_model": prep.choice.hub_id or prep.choice.path,
+        "data": {"source": cfg.data, "train": result.rows, "held_out": held_out},
         "before": before, "after": after, "improved": better, **(extra or {}),
         "train": {"steps": result.steps, "seconds": round(result.seconds, 1),
                   "tokens": result.tokens, "tokens_per_second": round(result.tokens_per_second, 1),
@@ -93,10 +96,18 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
                   "peak_memory_gib": round(peak, 2), "peak_memory_kind": peak_kind},
         "trainable_parameters": prep.trainable, "total_parameters": prep.total,
         "learning_rate": prep.learning_rate,
+        "memory_plan": _plan_record(prep.settings),
         "exports": exports, "wall_seconds": round(wall, 1),
         "config": dataclasses.asdict(cfg), "versions": versions(),
     }
     write_json(out / "metrics.json", metrics)
+    picture = None
+    try:  # a picture must never fail a finished run
+        from kit.plots import write_report
+
+        picture = write_report(out / "report.png", metrics)
+    except Exception as exc:
+        warn(f"could not draw {out / 'report.png'}: {exc}")
     rows = [
         ("device", prep.device.name), ("model", prep.choice.label),
         ("trainable", f"{prep.trainable:,} ({100 * prep.trainable / prep.total:.2f}%)"),
@@ -104,8 +115,20 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
         (f"peak {peak_kind}", f"{peak:.2f} GiB"),
         ("train loss", f"{result.losses[0]:.3f} → {result.losses[-1]:.3f}"),
         ("wall time", f"{wall:.0f} s"),
-        ("outputs", ", ".join(str(out / k) for k in exports) + f", {out / 'metrics.json'}"),
+        ("outputs", ", ".join([*(str(out / k) for k in exports), str(out / "metrics.json"),
+                               *([str(picture)] if picture else [])])),
     ]
     console.print(summary_table(rows, {k: v for k, v in before.items() if not isinstance(v, dict | list)},
                                 {k: v for k, v in after.items() if not isinstance(v, dict | list)}, better))
     return metrics
+
+
+def _plan_record(settings) -> dict:
+    """The memory plan as metrics.json keeps it: what ran, and what was predicted."""
+    record = {"gradient_checkpointing": settings.gradient_checkpointing,
+              "micro_batch": settings.micro_batch, "grad_accum": settings.grad_accum}
+    if settings.plan is not None:
+        record.update(seq=settings.plan.setting.seq,
+                      predicted_peak_gib=round(settings.plan.estimate.total, 2),
+                      usable_gib=round(settings.plan.budget_gib, 2))
+    return record

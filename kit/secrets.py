@@ -1,7 +1,7 @@
 """The Hugging Face token: found where users keep it, never printed, logged or saved.
 
 Order: the HF_TOKEN environment variable, Colab's secrets (`userdata`), Kaggle's secrets,
-then the Hugging Face login cache (`huggingface-cli login`).
+then the Hugging Face login cache (`hf auth login`).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ class TrainResult:
     steps: int
     seconds: float
     tokens: int  # real (non-pad) tokens seen
+    rows: int = 0  # training examples
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
 
@@ -78,16 +79,18 @@ def to_dataset(encoded: list[Encoded]) -> Dataset:
 
 def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: bool,
           learning_rate: float, checkpoint_dir: str, resume_from: str | None = None,
-          callbacks: tuple = ()) -> TrainResult:
+          callbacks: tuple = (), micro_batch: int | None = None, grad_accum: int = 1,
+          collator: CountingCollator | None = None) -> TrainResult:
     """Run SFT up to cfg.max_steps optimizer steps (continuing from `resume_from`, a
     checkpoint folder, if given); return the loss curve and this session's throughput."""
-    result = TrainResult(steps=0, seconds=0.0, tokens=0)
-    collator = CountingCollator(tokenizer)
+    result = TrainResult(steps=0, seconds=0.0, tokens=0, rows=len(encoded))
+    micro_batch = micro_batch or cfg.batch_size
+    collator = collator or CountingCollator(tokenizer)
     args = SFTConfig(
         output_dir=checkpoint_dir,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=grad_accum,
         learning_rate=learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=min(cfg.warmup_steps, max(cfg.max_steps - 1, 0)),
@@ -99,7 +102,7 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
         save_total_limit=cfg.save_total_limit,
-        report_to="none",
+        report_to=[x.strip() for x in cfg.report_to.split(",") if x.strip() != "none"] or "none",
         seed=cfg.seed,
         disable_tqdm=True,
         max_length=cfg.max_seq_length,
@@ -166,4 +169,5 @@ def run(prep, encoded: list[Encoded], cfg, say=print) -> TrainResult:
     marker = checkpoints.CompleteMarker(folder, cfg.checkpoint_mirror, cfg.save_total_limit, say)
     return train(prep.model, prep.tokenizer, encoded, cfg, gpu=prep.device.gpu, bf16=prep.device.bf16,
                  learning_rate=prep.learning_rate, checkpoint_dir=str(folder),
-                 resume_from=str(resume_from) if resume_from else None, callbacks=(marker,))
+                 resume_from=str(resume_from) if resume_from else None, callbacks=(marker,),
+                 micro_batch=prep.settings.micro_batch, grad_accum=prep.settings.grad_accum)

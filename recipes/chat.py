@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # kit's modules import Unsloth before transformers, trl and peft, so it can patch them.
-from kit import data, evaluate, export, models, preflight, train
+from kit import data, evaluate, export, hub, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import escape, finish, say, step, warn
@@ -56,7 +56,8 @@ def main(cfg: ChatConfig) -> dict:
     for note in splits.notes:
         say(note)
 
-    # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU.
+    # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU; a run that cannot fit the card stops here,
+    #    before any weight loads.
     step("Model")
     prep = models.prepare(cfg, say)
     tokenizer = prep.tokenizer
@@ -67,8 +68,9 @@ def main(cfg: ChatConfig) -> dict:
     for note in notes + test_notes:
         warn(note)
 
-    # 4. LoRA adapters on every linear projection.
-    models.attach_lora(prep, cfg, say)
+    # 4. Memory plan for the longest row (the fastest settings that fit), then LoRA adapters
+    #    on every linear projection.
+    models.attach_lora(prep, cfg, say, longest=data.longest(train_enc))
 
     # 5. Evaluate before training.
     step("Evaluate before training")
@@ -93,10 +95,17 @@ def main(cfg: ChatConfig) -> dict:
     step("Export")
     probe = next((e for e in splits.test if e.expect), splits.test[0])
     exports = export.export_and_verify(prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
-                                       evaluate.prompt_of(probe), progress=say)
+                                       evaluate.prompt_of(probe), progress=say,
+                                       gguf_quant=cfg.gguf_quant)
 
-    # 9. Summary table and metrics.json.
-    return finish("chat", cfg, prep, result, before, after, exports, started)
+    # 9. Summary table, metrics.json and report.png.
+    metrics = finish("chat", cfg, prep, result, before, after, exports, started, held_out=len(splits.test))
+
+    # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
+    if cfg.push:
+        step("Push to the Hub")
+        hub.push(Path(cfg.output_dir), metrics, cfg.push, cfg.push_private, progress=say)
+    return metrics
 
 
 def cli(argv: list[str]) -> None:

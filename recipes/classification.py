@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kit import classify, data, export, models, preflight, train
+from kit import classify, data, export, hub, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import console, escape, finish, say, step, warn
@@ -67,7 +67,8 @@ def main(cfg: ClassificationConfig) -> dict:
         texts, labels = classify.oversample(texts, labels, cfg.seed)
         say(f"balanced by oversampling: {escape(classify.class_counts(labels))}")
 
-    # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU.
+    # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU; a run that cannot fit the card stops here,
+    #    before any weight loads.
     step("Model")
     prep = models.prepare(cfg, say)
     tokenizer = prep.tokenizer
@@ -78,8 +79,9 @@ def main(cfg: ClassificationConfig) -> dict:
     for note in notes:
         warn(note)
 
-    # 4. LoRA adapters on every linear projection.
-    models.attach_lora(prep, cfg, say)
+    # 4. Memory plan for the longest row (the fastest settings that fit), then LoRA adapters
+    #    on every linear projection.
+    models.attach_lora(prep, cfg, say, longest=data.longest(train_enc))
 
     # 5. Evaluate before training: every label scored for every held-out text.
     step("Evaluate before training")
@@ -102,11 +104,18 @@ def main(cfg: ClassificationConfig) -> dict:
     exports = export.export_and_verify(
         prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
         classify.prompt(d.test_texts[0], d.labels), progress=say,  # its true label: d.test_labels[0]
-        extra_files={classify.LABELS_FILE: classify.labels_file(d.labels)})
+        extra_files={classify.LABELS_FILE: classify.labels_file(d.labels)},
+        gguf_quant=cfg.gguf_quant)
 
-    # 9. Summary table and metrics.json.
-    return finish("classification", cfg, prep, result, before, after, exports, started,
-                  extra={"labels": d.labels})
+    # 9. Summary table, metrics.json and report.png.
+    metrics = finish("classification", cfg, prep, result, before, after, exports, started,
+                   held_out=len(d.test_texts), extra={"labels": d.labels})
+
+    # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
+    if cfg.push:
+        step("Push to the Hub")
+        hub.push(Path(cfg.output_dir), metrics, cfg.push, cfg.push_private, progress=say)
+    return metrics
 
 
 def cli(argv: list[str]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kit import code, data, evaluate, export, models, preflight, train
+from kit import code, data, evaluate, export, hub, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import fail, run_cli
 from kit.report import escape, finish, say, step, warn
@@ -82,7 +82,8 @@ def main(cfg: CodeConfig) -> dict:
         say(f"{cfg.data}: {len(train_cases)} training holes from {len(sources) - n_test} files; "
             f"{len(test_cases)} held-out holes from {n_test}")
 
-    # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU.
+    # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU; a run that cannot fit the card stops here,
+    #    before any weight loads.
     step("Model")
     prep = models.prepare(cfg, say)
     tokenizer = prep.tokenizer
@@ -102,8 +103,9 @@ def main(cfg: CodeConfig) -> dict:
     for note in notes:
         warn(note)
 
-    # 4. LoRA adapters on every linear projection.
-    models.attach_lora(prep, cfg, say)
+    # 4. Memory plan for the longest row (the fastest settings that fit), then LoRA adapters
+    #    on every linear projection.
+    models.attach_lora(prep, cfg, say, longest=data.longest(train_enc))
 
     def measure(when: str) -> dict:
         step(f"Evaluate {when}")
@@ -133,10 +135,17 @@ def main(cfg: CodeConfig) -> dict:
     probe = evaluate.prompt_of(problems[0]) if cfg.mode == "instruct" else \
         [{"role": "user", "content": "Write a Python function that returns the square of x."}]
     exports = export.export_and_verify(prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
-                                       probe, progress=say, max_new_tokens=max(160, cfg.max_new_tokens))
+                                       probe, progress=say, max_new_tokens=max(160, cfg.max_new_tokens),
+                                       gguf_quant=cfg.gguf_quant)
 
-    # 9. Summary table and metrics.json.
-    return finish("code", cfg, prep, result, before, after, exports, started)
+    # 9. Summary table, metrics.json and report.png.
+    metrics = finish("code", cfg, prep, result, before, after, exports, started, held_out=len(test_enc))
+
+    # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
+    if cfg.push:
+        step("Push to the Hub")
+        hub.push(Path(cfg.output_dir), metrics, cfg.push, cfg.push_private, progress=say)
+    return metrics
 
 
 def cli(argv: list[str]) -> None:

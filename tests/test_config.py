@@ -26,7 +26,10 @@ def test_overrides_leave_the_default_untouched():
     ("max_steps=ten", "whole number"),
     ("learning_rate=fast", "a number"),
     ("load_in_4bit=maybe", "true or false"),
-    ("export=gguf", "adapter, merged, both"),
+    ("export=onnx", "adapter, merged, both, gguf, all"),
+    ("export=gguf gguf_quant=q3", "gguf_quant="),
+    ("report_to=slack", "report_to="),
+    ("push=not-a-repo", "push="),
     ("learning_rate=-1", "out of range"),
     ("max_steps=0", "out of range"),
     ("gradient_checkpointing=sometimes", "expected auto"),
@@ -34,7 +37,7 @@ def test_overrides_leave_the_default_untouched():
 ])
 def test_bad_values_are_one_clear_error(arg, words):
     with pytest.raises(KitError, match=words):
-        apply_overrides(RecipeConfig(), [arg])
+        apply_overrides(RecipeConfig(), arg.split())
 
 
 def test_unknown_key_lists_the_valid_keys():
@@ -67,8 +70,9 @@ def test_help_prints_keys_and_returns_none(capsys):
 def test_configs_built_in_python_are_checked_too():
     from kit.config import validate
 
-    with pytest.raises(KitError, match="adapter, merged, both"):
-        validate(RecipeConfig(export="gguf"))
+    with pytest.raises(KitError, match="adapter, merged, both, gguf, all"):
+        validate(RecipeConfig(export="onnx"))
+
     with pytest.raises(KitError, match="out of range"):
         validate(RecipeConfig(max_steps=-5))
     validate(RecipeConfig())

@@ -26,13 +26,22 @@ def exports_ok(metrics, out):
 def test_chat_recipe(tmp_path):
     out = tmp_path / "chat"
     m = finished(run_recipe("chat", "max_steps=20", "eval_samples=12", "max_new_tokens=32",
-                            f"output_dir={out}"), out)
+                            "export=all", f"output_dir={out}"), out)
     before, after = m["before"], m["after"]
     assert before.keys() >= {"loss", "check_rate", "reply_f1", "stopped_at_eos"}
     assert after["loss"] < before["loss"] and m["improved"]["loss"] is True
     assert m["train"]["steps"] == 20 and m["train"]["loss_last"] < m["train"]["loss_first"]
     exports_ok(m, out)
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 16
+    # The GGUF loads in llama.cpp, answers and stops; Ollama gets a Modelfile beside it.
+    gguf = m["exports"]["gguf"]
+    assert gguf["ok"] and gguf["reply"].strip(), gguf
+    assert gguf["path"].endswith("q8_0.gguf") and (out / "gguf" / "Modelfile").is_file()
+    assert not (out / ".merged-for-gguf").exists()
+    # The plan it trained with, and the picture of the run.
+    assert m["memory_plan"]["gradient_checkpointing"] is False and m["memory_plan"]["micro_batch"] == 4
+    assert (out / "report.png").read_bytes().startswith(b"\x89PNG")
+    assert m["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct" and m["data"]["train"] > 0
 
 
 @pytest.mark.slow

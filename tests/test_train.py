@@ -69,8 +69,9 @@ def test_settings_on_cpu():
     s = models.decide_settings(RecipeConfig(), cpu)
     assert s.load_in_4bit is False and s.gradient_checkpointing is False
     gpu = models.Device("cuda", "T4", 15.0, False)
-    s = models.decide_settings(RecipeConfig(), gpu)
+    s = models.decide_settings(RecipeConfig(), gpu)  # before a memory plan replaces it
     assert s.load_in_4bit is True and s.gradient_checkpointing == "unsloth"
+    assert (s.micro_batch, s.grad_accum) == (4, 1)
     explicit = apply_overrides(RecipeConfig(), ["gradient_checkpointing=true", "load_in_4bit=false"])
     s = models.decide_settings(explicit, gpu)
     assert s.load_in_4bit is False and s.gradient_checkpointing is True

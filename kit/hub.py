@@ -1,0 +1,411 @@
+"""Push a run's exports to the Hugging Face Hub, each with a model card written from metrics.json.
+
+adapter/ → `repo`, merged/ → `repo-merged`, gguf/ → `repo-GGUF`: one repository per kind, so each
+loads with the library it is made for. Each upload is one commit from a staged folder that holds
+the export, our README.md and metrics.json. The token is sent only as the HTTP Authorization header:
+it is never printed, and it is scrubbed from every file we write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kit.errors import KitError, fail
+from kit.secrets import hub_token, redact
+
+KINDS = ("adapter", "merged", "gguf")
+SUFFIX = {"adapter": "", "merged": "-merged", "gguf": "-GGUF"}
+LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
+WHAT = {"adapter": "LoRA adapter (PEFT)", "merged": "merged 16-bit model",
+        "gguf": "GGUF model for llama.cpp and Ollama"}
+INTRO = {"adapter": "A LoRA adapter (PEFT) for", "merged": "A fine-tune of",
+         "gguf": "A GGUF build (for llama.cpp and Ollama) of a fine-tune of"}
+PROJECT = "unsloth-recipe-kit"
+
+# The Hub's rule for owner and name: letters, digits, '-', '_', '.', starting and ending with a
+# letter or digit, no '--' or '..', at most 96 characters each.
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+_REPO = re.compile(rf"^{_PART}/{_PART}$")
+# Key names that hold credentials. `token` as a word only, so `max_new_tokens` or `tokens` stay.
+_SECRET_KEY = re.compile(r"(^|[_.-])token($|[_.-])|secret|passw|api_?key|credential", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def is_hub_id(name: str | None) -> bool:
+    """`owner/name` that is not a local folder: something the Hub (and `base_model`) can resolve."""
+    if not name or name.startswith(("/", ".", "~")) or not _REPO.match(name) or "--" in name:
+        return False
+    return not Path(name).expanduser().exists()
+
+
+def check_repo(repo: str) -> None:
+    if not _REPO.match(repo) or "--" in repo or ".." in repo or repo.endswith(".git"):
+        fail(f"push={repo!r}: expected a Hub repository as owner/name (letters, digits, '-', '_', '.'), "
+             "e.g. push=your-name/smollm2-chat")
+    if len(repo.split("/")[1]) + len(SUFFIX["merged"]) > 96:
+        fail(f"push={repo!r}: the name is too long (at most {96 - len(SUFFIX['merged'])} characters, "
+             "leaving room for the -merged suffix)")
+
+
+def scrub(value: Any, token: str | None) -> Any:
+    """A copy of `value` without credential-named keys and with the token redacted from strings."""
+    if isinstance(value, dict):
+        return {k: scrub(v, token) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(value, list | tuple):
+        return [scrub(v, token) for v in value]
+    if isinstance(value, str) and token:
+        return redact(value, token)
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _base(metrics: dict) -> str:
+    """The Hub id (or local path) of the base model; older metrics.json files lack `base_model`."""
+    model = (metrics.get("config") or {}).get("model")
+    return str(metrics.get("base_model") or (model if model != "auto" else None) or metrics.get("model", ""))
+
+
+def _scalars(d: dict | None) -> dict:
+    return {k: v for k, v in (d or {}).items() if not isinstance(v, dict | list)}
+
+
+# ---------------------------------------------------------------- model card
+
+
+def model_card(metrics: dict, kind: str, repo_id: str, *, siblings: dict[str, str] | None = None,
+               token: str | None = None) -> str:
+    """README.md for the `kind` export in `repo_id`: YAML metadata, results, training, data,
+    config (credentials removed), versions and how to load it. `siblings`: kind → repo id of the
+    other exports pushed with it, linked from the card."""
+    from huggingface_hub import ModelCardData
+
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    token = token if token is not None else hub_token()
+    cfg = metrics.get("config") or {}
+    lora = cfg.get("lora") or {}
+    train = metrics.get("train") or {}
+    recipe = str(metrics.get("recipe", "custom"))
+    base = _base(metrics)
+    on_hub = is_hub_id(base)
+
+    tags = ["unsloth", "trl", "lora", "sft", recipe, PROJECT]
+    if kind == "adapter":
+        tags.insert(0, "peft")
+    elif kind == "gguf":
+        tags.insert(0, "gguf")
+    # base_model must be a Hub id: the Hub rejects a local path in the metadata.
+    meta = ModelCardData(base_model=base if on_hub else None, library_name=LIBRARY[kind],
+                         license=metrics.get("license"), pipeline_tag="text-generation", tags=tags)
+    base_md = f"[{base}](https://huggingface.co/{base})" if on_hub else f"`{base}` (a local model)"
+
+    out = ["---", meta.to_yaml(), "---", "", f"# {repo_id.split('/')[1]}", ""]
+    out.append(f"{INTRO[kind]} {base_md}, trained with the **{recipe}** recipe of {PROJECT} "
+               "(Unsloth and TRL: supervised fine-tuning with LoRA).")
+    out.append("")
+    out.append(f"- Base model: {base_md}")
+    out.append(f"- This repository: {WHAT[kind]}")
+    for other, rid in (siblings or {}).items():
+        if rid != repo_id:
+            out.append(f"- Also published: [{rid}](https://huggingface.co/{rid}) ({WHAT[other]})")
+    if not on_hub:
+        out.append("- Note: the base model is not on the Hub under a known id; load it yourself first.")
+    check = (metrics.get("exports") or {}).get(kind) or {}
+    if check.get("ok"):
+        lib = "peft" if kind == "adapter" else "transformers"
+        out.append(f"- Checked after export: loaded in a fresh process with plain {lib}, answered and "
+                   "stopped at the end-of-turn token.")
+    out.append("")
+
+    # Results: only the scalar metrics; confusion matrices and label lists live in metrics.json.
+    before, after = _scalars(metrics.get("before")), _scalars(metrics.get("after"))
+    improved = metrics.get("improved") or {}
+    if before or after:
+        out += ["## Results", "",
+                "On the held-out set: the base model before fine-tuning, then the fine-tuned model.", "",
+                "| metric | before → after | better |", "|---|---|---|"]
+        for name in list(before) + [k for k in after if k not in before]:
+            better = improved.get(name)
+            mark = "" if better is None else ("yes" if better else "no")
+            out.append(f"| {name} | {_fmt(before.get(name, '-'))} → {_fmt(after.get(name, '-'))} | {mark} |")
+        if "loss_first" in train and "loss_last" in train:
+            out += ["", f"Training loss: {_fmt(train['loss_first'])} → {_fmt(train['loss_last'])}."]
+        out.append("")
+
+    # Training
+    rows: list[tuple[str, str]] = []
+    if "steps" in train:
+        warm = cfg.get("warmup_steps")
+        rows.append(("steps", f"{train['steps']:,}" + (f" ({warm} warm-up)" if warm else "")))
+    if "seconds" in train:
+        rows.append(("training time", _duration(train["seconds"]) + (f" on {metrics['device']}"
+                                                                       if metrics.get("device") else "")))
+    if "tokens_per_second" in train:
+        rows.append(("throughput", f"{train['tokens_per_second']:,.0f} tokens/s"
+                     + (f" ({train['tokens']:,} tokens)" if "tokens" in train else "")))
+    if "peak_memory_gib" in train:
+        kind_of = train.get("peak_memory_kind", "")
+        rows.append(("peak memory", f"{train['peak_memory_gib']} GiB {kind_of}".strip()))
+    if metrics.get("trainable_parameters") and metrics.get("total_parameters"):
+        n, total = metrics["trainable_parameters"], metrics["total_parameters"]
+        rows.append(("trainable parameters", f"{n:,} of {total:,} ({100 * n / total:.2f}%)"))
+    if lora:
+        rows.append(("LoRA", f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}"))
+        rows.append(("LoRA targets", f"`{lora.get('target_modules')}`"))
+    lr = metrics.get("learning_rate", cfg.get("learning_rate"))
+    if lr is not None:
+        rows.append(("learning rate", f"{lr:g} (peak; linear warm-up, then linear decay)"))
+    if "batch_size" in cfg:  # batch_size is the effective batch; the memory plan split it
+        plan = metrics.get("memory_plan") or {}
+        micro, accum = plan.get("micro_batch", cfg["batch_size"]), plan.get("grad_accum", 1)
+        rows.append(("effective batch", f"{cfg['batch_size']} ({micro} × {accum} accumulation)"))
+    if metrics.get("memory_plan", {}).get("gradient_checkpointing") is not None:
+        rows.append(("gradient checkpointing", str(metrics["memory_plan"]["gradient_checkpointing"])))
+    if "max_seq_length" in cfg:
+        rows.append(("max_seq_length", str(cfg["max_seq_length"])))
+    if rows:
+        out += ["## Training", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
+
+    # Data: sizes come from the run; older metrics.json files only know the source.
+    data = metrics.get("data") or {}
+    source = data.get("source") or cfg.get("data")
+    if source:
+        out += ["## Data", "", f"- Source: `{source}`"]
+        if "train" in data or "held_out" in data:
+            out.append(f"- {_fmt(data.get('train', '?'))} training examples, "
+                       f"{_fmt(data.get('held_out', '?'))} held out for the results above")
+        out.append("")
+    if metrics.get("labels"):
+        out += ["## Labels", "", ", ".join(f"`{lab}`" for lab in metrics["labels"]), "",
+                "The model answers with exactly one label; `labels.json` lists them with the prompt.", ""]
+
+    out += ["## How to load", ""] + _how_to_load(metrics, kind, repo_id, base, on_hub)
+
+    config = scrub(cfg, token)
+    if config:
+        out += ["## Configuration", "", "Every setting of the run (credentials removed):", "",
+                "```json", json.dumps(config, indent=2, default=str), "```", ""]
+    versions = metrics.get("versions") or {}
+    if versions:
+        out += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+    card = "\n".join(out).rstrip() + "\n"
+    return redact(card, token) if token else card
+
+
+def _chat_example(metrics: dict) -> str:
+    """A first user message that fits the recipe: the classification prompt lists its labels."""
+    if metrics.get("recipe") == "classification" and metrics.get("labels"):
+        from kit.classify import INSTRUCTION
+
+        text = INSTRUCTION.format(labels=", ".join(metrics["labels"]), text="My card was charged twice.")
+        return json.dumps(text)
+    if metrics.get("recipe") == "code":
+        return json.dumps("Write a Python function that reverses a string.")
+    return json.dumps("Hello! Who are you?")
+
+
+def _how_to_load(metrics: dict, kind: str, repo_id: str, base: str, on_hub: bool) -> list[str]:
+    cfg = metrics.get("config") or {}
+    seq = cfg.get("max_seq_length", 2048)
+    message = _chat_example(metrics)
+    generate = [
+        f'messages = [{{"role": "user", "content": {message}}}]',
+        "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\",",
+        "                                       return_dict=True).to(model.device)",
+        "out = model.generate(**inputs, max_new_tokens=128)",
+        'print(tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+    ]
+    lines: list[str] = []
+    if kind == "gguf":
+        lines += ["With llama.cpp:", "", "```bash", f"llama-cli -hf {repo_id}", "```", "",
+                  "With Ollama:", "", "```bash", f"ollama run hf.co/{repo_id}", "```", ""]
+        return lines
+    if kind == "adapter":
+        if on_hub:
+            lines += ["With peft (downloads the base model, then applies this adapter):", "", "```python",
+                      "from peft import AutoPeftModelForCausalLM",
+                      "from transformers import AutoTokenizer", "",
+                      f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")',
+                      f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', *generate, "```", ""]
+        else:
+            lines += ["With peft, on top of your copy of the base model:", "", "```python",
+                      "from peft import PeftModel",
+                      "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                      'base = AutoModelForCausalLM.from_pretrained("path/to/base-model")',
+                      f'model = PeftModel.from_pretrained(base, "{repo_id}")',
+                      f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', *generate, "```", ""]
+    else:
+        lines += ["With transformers (no peft needed: the adapter is merged in):", "", "```python",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+                  f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", dtype="auto")',
+                  f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', *generate, "```", ""]
+    if kind == "merged" or on_hub:
+        lines += ["With Unsloth (fast inference, or to keep training):", "", "```python",
+                  "from unsloth import FastLanguageModel", "",
+                  "model, tokenizer = FastLanguageModel.from_pretrained(",
+                  f'    model_name="{repo_id}", max_seq_length={seq}, load_in_4bit=False,', ")",
+                  "FastLanguageModel.for_inference(model)", *generate, "```", ""]
+    return lines
+
+
+# ---------------------------------------------------------------- staging
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    # A hard link costs no disk for a multi-GB merged model; fall back where links are not allowed.
+    try:
+        os.link(src, dst)
+    except OSError:
+        try:
+            dst.symlink_to(src.resolve())
+        except OSError:
+            shutil.copy2(src, dst)
+
+
+@contextmanager
+def _staged(folder: Path, kind: str, readme: str, metrics_text: str, base: str) -> Iterator[Path]:
+    """A temporary copy of `folder` with our README.md and metrics.json; for an adapter, its
+    adapter_config.json points at the Hub base model instead of the local cache path."""
+    try:  # beside the export, so hard links work
+        stage = Path(tempfile.mkdtemp(prefix=f".hub-{kind}-", dir=folder.parent))
+    except OSError:  # a read-only output folder
+        stage = Path(tempfile.mkdtemp(prefix=f"hub-{kind}-"))
+    try:
+        for src in sorted(folder.rglob("*")):
+            rel = src.relative_to(folder)
+            if any(part.startswith(".") for part in rel.parts):
+                continue  # temp files and buffers left by writers
+            dst = stage / rel
+            if src.is_dir():
+                dst.mkdir(parents=True, exist_ok=True)
+            elif rel.as_posix() not in ("README.md", "metrics.json"):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(src, dst)
+        config = stage / "adapter_config.json"
+        if kind == "adapter" and config.is_file() and is_hub_id(base):
+            data = json.loads(config.read_text())
+            data["base_model_name_or_path"] = base
+            config.unlink()  # a new file: writing through a hard link would change the export
+            config.write_text(json.dumps(data, indent=2) + "\n")
+        (stage / "README.md").write_text(readme, encoding="utf-8")
+        (stage / "metrics.json").write_text(metrics_text, encoding="utf-8")
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- push
+
+
+def _one_line(text: str, token: str | None) -> str:
+    lines = [ln.strip() for ln in redact(str(text), token).splitlines() if ln.strip()]
+    return (lines[0] if lines else "")[:240]
+
+
+def _http_error(exc: Exception, repo: str, token: str | None) -> str:
+    """One line for a failed Hub call: what went wrong and what to do, never the token."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(exc, OfflineModeIsEnabled):
+        return f"push={repo} needs the network, but HF_HUB_OFFLINE is set: unset it to push"
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        detail = _one_line(exc.server_message or "", token)
+        detail = f" ({detail})" if detail else ""
+        if status == 401:
+            return (f"push={repo}: the Hub rejected the token (401){detail}; check HF_TOKEN "
+                    "or run `hf auth login`")
+        if status == 403:
+            return (f"push={repo}: this token may not write to {repo} (403){detail}; use a token with "
+                    "write access to that owner")
+        if status == 404:
+            return f"push={repo}: not found on the Hub (404){detail}; check the owner name"
+        return f"push={repo}: the Hub answered HTTP {status}{detail}"
+    if isinstance(exc, ValueError) and "README" in str(exc):
+        return f"push={repo}: the Hub rejected the model card metadata: {_one_line(exc, token)}"
+    import httpx
+
+    if isinstance(exc, httpx.HTTPError | ConnectionError | TimeoutError):
+        return (f"push={repo}: cannot reach the Hugging Face Hub ({type(exc).__name__}: "
+                f"{_one_line(exc, token)}); check the network")
+    return f"push={repo} failed: {type(exc).__name__}: {_one_line(exc, token)}"
+
+
+def push(output_dir: Path, metrics: dict, repo: str, private: bool = False,
+         kinds: list[str] | None = None, progress: Callable[[str], object] = print) -> dict[str, str]:
+    """Upload the exports in `output_dir` (default: every one present) and return kind → URL.
+
+    adapter → `repo`, merged → `repo-merged`, gguf → `repo-GGUF`; each repository is created if
+    needed (`private` only applies to new ones) and gets one commit with a generated README.md
+    and metrics.json."""
+    output_dir = Path(output_dir)
+    check_repo(repo)
+    if not kinds:  # None or empty: every export that is there
+        kinds = [k for k in KINDS if (output_dir / k).is_dir()]
+        if not kinds:
+            fail(f"push={repo}: nothing to push, {output_dir} has no adapter/, merged/ or gguf/ folder")
+    for kind in kinds:
+        if kind not in KINDS:
+            fail(f"push={repo}: unknown export {kind!r}; expected one of {', '.join(KINDS)}")
+        if not (output_dir / kind).is_dir():
+            fail(f"push={repo}: no {kind} export at {output_dir / kind}")
+
+    token = hub_token()
+    if not token:
+        fail(f"push={repo} needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    base = _base(metrics)
+    targets = {kind: repo + SUFFIX[kind] for kind in kinds}
+    clean = scrub(metrics, token)
+    metrics_text = json.dumps(clean, indent=2, default=str) + "\n"
+    if "adapter" in kinds and not is_hub_id(base):
+        progress(f"note: the base model {base!r} is not a Hub id, so the pushed adapter still names "
+                 "that local path as its base")
+    urls: dict[str, str] = {}
+    for kind, target in targets.items():
+        readme = model_card(clean, kind, target, siblings=targets, token=token)
+        progress(f"Pushing {kind} to {api.endpoint}/{target}{' (private)' if private else ''}")
+        try:
+            url = api.create_repo(target, private=private, exist_ok=True)
+            with _staged(output_dir / kind, kind, readme, metrics_text, base) as stage:
+                api.upload_folder(repo_id=target, folder_path=stage,
+                                  commit_message=f"Upload {kind} from the {metrics.get('recipe', '')} "
+                                                 f"recipe ({PROJECT})")
+        except KitError:
+            raise
+        except Exception as exc:  # any Hub, network or upload failure: one line for the user
+            fail(_http_error(exc, target, token))
+        urls[kind] = str(url)
+        progress(f"{kind}: {urls[kind]}")
+    return urls

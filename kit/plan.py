@@ -1,0 +1,311 @@
+"""Memory plan: estimate a LoRA run's peak GPU memory from the model's config.json, before a
+single weight loads, and pick the fastest settings that fit the card.
+
+The estimate adds up the parts that matter for QLoRA on a decoder:
+
+    weights      4-bit NF4 linears (0.516 bytes/param with double quantization), 16-bit embeddings
+    LoRA         adapter weights, their gradients and 8-bit AdamW states (10 bytes/param)
+    activations  per token: one layer's saved tensors, times the layers kept alive
+                 (all of them without checkpointing; one being recomputed with it), plus the
+                 layer inputs checkpointing keeps on the GPU (Unsloth's mode offloads them)
+    logits       per token, times the vocabulary (the loss runs in chunks, so this stays small)
+    overhead     a fixed part and dequantization buffers the size of the largest weight
+
+Its coefficients are fitted to peaks measured on an H200 (torch 2.11, transformers 5.17.0,
+unsloth 2026.10.9; random-init Llamas, sequence 2,048, LoRA r=16 on all projections):
+`CALIBRATION` keeps those points and tests/test_plan.py checks the estimate against them.
+
+Speed: a micro-batch costs the larger of the host's time to launch its kernels (about 8.75 ms
+per layer, measured through the kit on an H200: micro-batches of 1 and 2 rows of 2,048 tokens
+took the same 0.28 s at 7.38B) and the GPU's time for its FLOPs (at the 53% MFU measured there),
+all times 1.44 when checkpointing recomputes the forward. So a micro-batch of one row wastes the
+card: at 7.38B, no checkpointing with 1 row ran 7,382 tokens/s, offloaded checkpointing with 4
+rows 11,159. The plan picks the fastest predicted setting that fits, then the smaller one, and
+makes up the requested batch with gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GiB = 2**30
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MODES = ("off", "on", "unsloth")  # gradient checkpointing: none, recompute, recompute + offload
+# GPU time per mode, relative to none (7.38B, H200, 4 rows: 16,036 vs 11,159 tokens/s offloaded).
+MODE_COST = {"off": 1.0, "on": 1.44, "unsloth": 1.44}
+HOST_SECONDS_PER_LAYER = 0.00875  # launching one layer's forward and backward kernels
+ACHIEVED_MFU = 0.535  # 7.38B, no checkpointing, 4 × 2,048 tokens, H200
+# Dense bf16 (fp16 on T4) peaks in TFLOPS, for the speed order; unknown cards get an A100's.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "B200": 2250.0, "A100": 312.0, "L40": 362.0,
+               "L4": 121.0, "A10": 125.0, "T4": 65.0, "V100": 125.0}
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit values, 8-bit absmax per 64, fp32 per 256 blocks
+LORA_BYTES = 10  # fp32 weight + fp32 gradient + two 8-bit Adam moments
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The dimensions of a decoder that memory depends on."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> Shape:
+        cfg = cfg.get("text_config") or cfg  # multimodal configs nest the decoder
+        try:
+            d, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
+            return cls(
+                hidden=d,
+                intermediate=int(cfg.get("intermediate_size") or 4 * d),
+                layers=int(cfg["num_hidden_layers"]),
+                heads=heads,
+                kv_heads=int(cfg.get("num_key_value_heads") or heads),
+                head_dim=int(cfg.get("head_dim") or d // heads),
+                vocab=int(cfg["vocab_size"]),
+                tied=bool(cfg.get("tie_word_embeddings", False)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"config.json lacks the decoder dimensions ({exc})") from None
+
+    def _linears(self) -> dict[str, tuple[int, int]]:
+        d, m = self.hidden, self.intermediate
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
+                "gate_proj": (d, m), "up_proj": (d, m), "down_proj": (m, d)}
+
+    @property
+    def linear_params(self) -> int:
+        return self.layers * sum(i * o for i, o in self._linears().values())
+
+    @property
+    def embedding_params(self) -> int:
+        return self.vocab * self.hidden * (1 if self.tied else 2)
+
+    @property
+    def params(self) -> int:
+        return self.linear_params + self.embedding_params
+
+    def flops_per_token(self, seq: int, lora: int = 0) -> float:
+        """LoRA training FLOPs per token: 4·N_frozen + 6·N_lora + 12·L·d·T (attention)."""
+        return 4 * self.params + 6 * lora + 12 * self.layers * self.hidden * seq
+
+    def lora_params(self, r: int, targets: tuple[str, ...] = ALL_TARGETS) -> int:
+        shapes = self._linears()
+        return self.layers * sum(r * sum(shapes[t]) for t in targets if t in shapes)
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """Fitted constants of one training stack (see the module docstring)."""
+
+    activation_scale: float  # one layer's saved bytes per token, in units of 2·(8·d + 4·m)
+    logit_bytes: float  # per token per vocabulary entry
+    fixed_gib: float
+    buffer_weights: float  # dequantization buffers, in units of the largest weight at 16-bit
+    embedding_bytes: int  # the plain stack upcasts embeddings to fp32 for k-bit training
+
+
+KIT = Coefficients(0.667, 0.625, 0.036, 4.16, 2)
+PLAIN = Coefficients(1.74, 3.99, 0.0, 4.16, 4)
+
+# Measured peaks (GiB) the coefficients were fitted to: (stack, dims, checkpointing, micro-batch).
+# Random-init Llamas, vocabulary 49,152, sequence 2,048, r=16 on all seven projections, 4-bit.
+LLAMA_8B = {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 49152,
+            "tie_word_embeddings": False}
+LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 49152,
+            "tie_word_embeddings": True}
+# The first six are from the GPU probe in the issue (Unsloth through TRL's own collator); the
+# rest from bench/bench.py (the kit's path, and its plain baseline) on the same H200.
+CALIBRATION = [
+    ("kit", LLAMA_8B, "unsloth", 4, 6.23), ("kit", LLAMA_8B, "on", 4, 7.98),
+    ("kit", LLAMA_8B, "on", 16, 17.59), ("kit", LLAMA_8B, "off", 4, 34.58),
+    ("kit", LLAMA_8B, "off", 8, 64.12), ("kit", LLAMA_1B, "unsloth", 4, 1.66),
+    ("kit", LLAMA_8B, "unsloth", 4, 6.60), ("kit", LLAMA_8B, "off", 1, 12.17),
+    ("kit", LLAMA_8B, "off", 2, 19.71), ("kit", LLAMA_8B, "off", 4, 34.69),
+    ("plain", LLAMA_8B, "off", 1, 24.87), ("plain", LLAMA_8B, "off", 2, 44.02),
+    ("plain", LLAMA_8B, "off", 4, 82.16),
+]
+# Plain with checkpointing is estimated loosely (transformers' non-reentrant checkpointing measured
+# 14.12 GiB at 7.38B × 4 rows, estimated 11.2; the probe's TRL run at 1.07B 3.80, estimated 4.4).
+# Only bench/ uses those estimates; the planner never plans the plain stack.
+# Tokens/s the speed model was fitted to (kit, 7.38B, H200, rows of 2,048): (mode, micro, tokens/s).
+SPEED_POINTS = [("unsloth", 4, 11159), ("off", 1, 7382), ("off", 2, 14509), ("off", 4, 16036)]
+
+
+@dataclass(frozen=True)
+class Setting:
+    checkpointing: str  # one of MODES
+    micro_batch: int
+    grad_accum: int
+    seq: int  # longest sequence a micro-batch can hold
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch * self.seq
+
+    def tokens_per_second(self, shape: Shape, peak_tflops: float) -> float:
+        """Predicted speed: a micro-batch takes the host's launch time or the GPU's, the longer."""
+        host = HOST_SECONDS_PER_LAYER * shape.layers
+        gpu = self.tokens * shape.flops_per_token(self.seq) / (ACHIEVED_MFU * peak_tflops * 1e12)
+        # Recomputing the forward costs launches as well as FLOPs.
+        return self.tokens / (MODE_COST[self.checkpointing] * max(host, gpu))
+
+    def describe(self) -> str:
+        gc = {"off": "no checkpointing", "on": "checkpointing",
+              "unsloth": "offloaded checkpointing"}[self.checkpointing]
+        return f"{gc}, micro-batch {self.micro_batch} × {self.grad_accum} accumulation, seq ≤ {self.seq}"
+
+
+@dataclass
+class Estimate:
+    parts: dict[str, float]  # GiB per part
+
+    @property
+    def total(self) -> float:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items() if v >= 0.005)
+
+
+def estimate(shape: Shape, setting: Setting, *, r: int = 16, targets: tuple[str, ...] = ALL_TARGETS,
+             four_bit: bool = True, coef: Coefficients = KIT) -> Estimate:
+    """Predicted peak memory of one training step, split by part."""
+    d, m = shape.hidden, shape.intermediate
+    layer_bytes = coef.activation_scale * 2 * (8 * d + 4 * m)
+    kept = shape.layers if setting.checkpointing == "off" else 1
+    stash = shape.layers * d * 2 if setting.checkpointing == "on" else 0
+    tokens = setting.tokens
+    return Estimate({
+        "weights": (shape.linear_params * (NF4_BYTES if four_bit else 2)
+                    + shape.embedding_params * coef.embedding_bytes) / GiB,
+        "LoRA+optimizer": shape.lora_params(r, targets) * LORA_BYTES / GiB,
+        "activations": tokens * (layer_bytes * kept + stash) / GiB,
+        "logits": tokens * coef.logit_bytes * shape.vocab / GiB,
+        "overhead": coef.fixed_gib + coef.buffer_weights * d * m * 2 / GiB,
+    })
+
+
+@dataclass
+class Plan:
+    setting: Setting
+    estimate: Estimate
+    budget_gib: float  # memory the run may use (free memory less the safety margin)
+    fits: bool
+    message: str  # one line: the plan, or why nothing fits and what would
+    slower_fitting: list[str] = field(default_factory=list)
+    faster_not_fitting: list[str] = field(default_factory=list)
+
+
+def _divisors_desc(n: int) -> list[int]:
+    return [k for k in range(n, 0, -1) if n % k == 0]
+
+
+def peak_tflops(device_name: str) -> float:
+    return next((v for k, v in PEAK_TFLOPS.items() if k in device_name), PEAK_TFLOPS["A100"])
+
+
+def choose(shape: Shape, *, budget_gib: float, batch_size: int, seq: int,
+           checkpointing: str | None = None, micro_batch: int | None = None, r: int = 16,
+           targets: tuple[str, ...] = ALL_TARGETS, four_bit: bool = True,
+           modes: tuple[str, ...] = MODES, tflops: float = PEAK_TFLOPS["H100"]) -> Plan:
+    """The fastest (checkpointing, micro-batch) that fits `budget_gib` for batches of
+    `batch_size` sequences up to `seq` tokens. An explicit `checkpointing` or `micro_batch`
+    is kept as given; if it does not fit, the message names the nearest setting that does."""
+    def est(s: Setting) -> Estimate:
+        return estimate(shape, s, r=r, targets=targets, four_bit=four_bit)
+
+    def candidates(cp: tuple[str, ...], mbs: list[int], length: int) -> list[tuple[Setting, Estimate]]:
+        out = [(s, est(s)) for s in (Setting(c, b, batch_size // b, length) for c in cp for b in mbs)]
+        top = max(speed(s) for s, _ in out)
+        # Fastest first, in 2% steps (closer is noise); within a step, more rows per pass (fewer
+        # launches, where the model is least sure), then less memory.
+        return sorted(out, key=lambda se: (-round(50 * speed(se[0]) / top), -se[0].tokens, se[1].total))
+
+    def speed(s: Setting) -> float:
+        return s.tokens_per_second(shape, tflops)
+
+    cp = (checkpointing,) if checkpointing else modes
+    mbs = [micro_batch] if micro_batch else _divisors_desc(batch_size)
+    ranked = candidates(cp, mbs, seq)
+    fitting = [(s, e) for s, e in ranked if e.total <= budget_gib]
+    if fitting:
+        best, best_est = fitting[0]
+        plan = Plan(best, best_est, budget_gib, True,
+                    f"{best.describe()}: ~{best_est.total:.1f} GiB of {budget_gib:.1f} GiB usable")
+        plan.faster_not_fitting = [f"{s.describe()} (~{e.total:.1f} GiB)" for s, e in ranked
+                                   if speed(s) > speed(best) * 1.02 and e.total > budget_gib][:2]
+        return plan
+
+    # Nothing fits: name the nearest setting that does.
+    smallest_s, smallest_e = min(ranked, key=lambda se: se[1].total)
+    need = (f"needs ~{smallest_e.total:.1f} GiB even with {smallest_s.describe()}, "
+            f"and {budget_gib:.1f} GiB is usable")
+    free = [(s, e) for s, e in candidates(modes, _divisors_desc(batch_size), seq) if e.total <= budget_gib]
+    if free and (checkpointing or micro_batch):
+        s, e = free[0]
+        hint = (f"gradient_checkpointing={_key(s.checkpointing)} micro_batch_size={s.micro_batch} "
+                f"fits (~{e.total:.1f} GiB), or leave both on auto")
+    else:
+        longest = _longest_fitting(lambda n: min(
+            estimate(shape, Setting(c, 1, batch_size, n), r=r, targets=targets, four_bit=four_bit).total
+            for c in cp), budget_gib, seq)
+        if longest:
+            hint = f"max_seq_length={longest} fits with micro-batch 1"
+        else:
+            floor = est(Setting(cp[-1], 1, batch_size, 128)).total
+            hint = (f"the weights alone need ~{floor:.1f} GiB: use a smaller model, or a card with "
+                    f"at least {math.ceil(floor / 0.9 + 0.5)} GB")
+    return Plan(smallest_s, smallest_e, budget_gib, False, f"does not fit: {need}; {hint}")
+
+
+def _longest_fitting(need_gib, budget_gib: float, seq: int, step: int = 128) -> int:
+    """Longest multiple of `step` below `seq` whose need fits, or 0."""
+    lo, hi = 0, seq // step  # in units of step; need grows with length
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if need_gib(mid * step) <= budget_gib:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * step
+
+
+def _key(mode: str) -> str:
+    return {"off": "false", "on": "true", "unsloth": "unsloth"}[mode]
+
+
+def mode_of(key: str) -> str | None:
+    """The `gradient_checkpointing=` key as a plan mode; None for auto."""
+    return {"false": "off", "true": "on", "unsloth": "unsloth", "auto": None}[key.lower()]
+
+
+def usable_gib(free_gib: float, margin: float) -> float:
+    """Memory a run may plan to use: the allocator's caching and fragmentation take the margin,
+    and CUDA's own context about 0.3 GiB beyond what the card reports free before loading."""
+    return max(free_gib * (1 - margin) - 0.3, 0.0)
+
+
+def read_shape(model_path: str) -> Shape:
+    """Shape from a local folder's config.json, or a Hub model's (config.json only is fetched)."""
+    path = Path(model_path)
+    if path.is_dir():
+        config = path / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        from kit.secrets import hub_token
+
+        config = Path(hf_hub_download(model_path, "config.json", token=hub_token()))
+    return Shape.from_config(json.loads(config.read_text()))
