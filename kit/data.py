@@ -227,7 +227,8 @@ def read_split_rows(data: str, eval_data: str = "") -> tuple[list[dict], list[di
         if not (BUILTIN_DIR / f"{name}_train.jsonl").is_file():
             known = sorted(p.name[: -len("_train.jsonl")] for p in BUILTIN_DIR.glob("*_train.jsonl"))
             fail(f"unknown built-in dataset {name!r}; have: {', '.join(known)}")
-        return _read_file(BUILTIN_DIR / f"{name}_train.jsonl"), _read_file(BUILTIN_DIR / f"{name}_test.jsonl")
+        test = read_records(eval_data) if eval_data else _read_file(BUILTIN_DIR / f"{name}_test.jsonl")
+        return _read_file(BUILTIN_DIR / f"{name}_train.jsonl"), test
     train_rows = read_records(data)
     if eval_data:
         return train_rows, read_records(eval_data)

@@ -253,8 +253,7 @@ def show_plan(cfg) -> plan_mod.Plan | None:
         if cfg.model == "auto":
             cfg.model = GPU_DEFAULT
     choice = resolve_model(cfg.model, device, progress=say)
-    settings = decide_settings(cfg, device) if device.kind == "cpu" or torch.cuda.is_available() else \
-        Settings(True if cfg.load_in_4bit is None else cfg.load_in_4bit, False, [])
+    settings = decide_settings(cfg, device)
     shape = read_shape(choice, say)
     if shape is None:
         return None

@@ -10,8 +10,11 @@ PYTHON=${PYTHON:-python3}
 UNSLOTH_VERSION=2026.10.9
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-# (this machine's pip config names extra local indexes; their "ignored" notices are noise)
-pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
+# Noise filtered from pip's stderr: this machine's pip config names extra local indexes ("is
+# ignored" notices), and unsloth's torchvision/xformers requirements are left out on purpose
+# (see above), which pip's resolver reports as a conflict. Any other conflict still shows.
+NOISE="is ignored: it is neither|pip's dependency resolver does not currently take|^unsloth[a-z_]* [0-9.]+ requires (torchvision|xformers)"
+pip() { "$VENV/bin/python" -m pip "$@" 2> >(grep -Ev "$NOISE" >&2); }
 pip install -q --upgrade pip
 
 if "$VENV/bin/python" -c "import torch" 2>/dev/null; then

@@ -57,6 +57,15 @@ def test_builtin_persona_has_held_out_checks():
     assert not train_prompts & {e.messages[0]["content"] for e in splits.test}
 
 
+def test_builtin_data_takes_your_eval_data(tmp_path):
+    held = tmp_path / "held.jsonl"
+    held.write_text(json.dumps({"messages": [{"role": "user", "content": "Who are you?"},
+                                             {"role": "assistant", "content": "Pip."}]}) + "\n")
+    splits = data.load_splits("builtin:persona", str(held))
+    assert len(splits.test) == 1 and splits.test[0].messages[0]["content"] == "Who are you?"
+    assert len(splits.train) == len(data.load_splits("builtin:persona").train)
+
+
 def test_eval_fraction_holds_out_a_seeded_split(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(20)])
     a = data.load_splits(str(path), eval_fraction=0.25, seed=1)

@@ -124,3 +124,41 @@ def test_slow_card_or_small_model_changes_the_order():
                                     "vocab_size": 49152, "tie_word_embeddings": True})
     p = plan.choose(small, budget_gib=usable(16), batch_size=4, seq=512)
     assert (p.setting.checkpointing, p.setting.micro_batch) == ("off", 4)
+
+
+@pytest.fixture
+def config_only_8b(tmp_path):
+    """A model folder with a config.json and no weights: only a plan can be made from it."""
+    import json
+
+    folder = tmp_path / "llama-8b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**plan.LLAMA_8B, "model_type": "llama"}))
+    return folder
+
+
+@pytest.mark.slow
+def test_make_plan_prints_the_plan_for_another_card(config_only_8b):
+    from conftest import run_recipe
+
+    proc = run_recipe("chat", "--plan", f"model={config_only_8b}", "gpu_memory_gib=14.6",
+                      "max_seq_length=2048", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = " ".join(proc.stdout.split())  # rich wraps lines
+    assert "7.38B parameters" in out and "offloaded checkpointing, micro-batch 4 × 1 accumulation" in out
+    assert "faster, but does not fit" in out
+
+
+@pytest.mark.slow
+def test_a_run_that_cannot_fit_stops_before_loading(config_only_8b, tmp_path):
+    from conftest import run_recipe
+
+    # The folder has no weights: had the recipe tried to load, the error would say so instead.
+    # (On this CPU machine the base would be 16-bit: ~15 GiB of weights for 7.38B parameters.)
+    proc = run_recipe("chat", f"model={config_only_8b}", "gpu_memory_gib=40", "max_seq_length=262144",
+                      f"output_dir={tmp_path / 'out'}", timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "does not fit" in errors[0]
+    assert "max_seq_length=262144" in errors[0] and "fits with micro-batch 1" in errors[0]
+    assert not (tmp_path / "out" / "metrics.json").exists()
