@@ -36,8 +36,6 @@ SHAPES = {  # Llama dimensions; the vocabulary is the tokenizer's (SmolLM2's 49,
                num_key_value_heads=8, tie_word_embeddings=False),
 }
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Dense bf16 peaks (TFLOPS, no sparsity) by card name.
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
 BUDGETS_GB = (16, 24, 40, 80, 141)
 WARMUP_STEPS = 3  # not timed: compilation, allocator growth
 
@@ -204,9 +202,10 @@ def run(a) -> None:
                   wall_s=round(time.perf_counter() - started, 1),
                   peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available()
                   else None, device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
-    frozen = sum(p.numel() for n, p in model.named_parameters() if not p.requires_grad)
+    # A 4-bit weight counts its unpacked elements (as kit.models.count_parameters does; that
+    # module imports unsloth, which this process may not).
     frozen = sum(getattr(getattr(p, "quant_state", None), "shape", p.shape).numel()
-                 for p in model.parameters() if not p.requires_grad) or frozen
+                 for p in model.parameters() if not p.requires_grad)
     # The baseline must run unpatched: importing unsloth changes transformers' classes.
     result["unsloth_imported"] = "unsloth" in sys.modules
     result.update(lora_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -224,11 +223,12 @@ def predicted(shape, r: dict, coef) -> float:
 
 
 def mfu(r: dict, shape, seq: int) -> float | None:
+    from kit.plan import PEAK_TFLOPS
+
     peak = next((v for k, v in PEAK_TFLOPS.items() if k in str(r.get("device"))), None)
     if not peak or not r.get("tokens_per_s"):
         return None
-    flops = 4 * r["frozen_params"] + 6 * r["lora_params"] + 12 * shape.layers * shape.hidden * seq
-    return flops * r["tokens_per_s"] / (peak * 1e12)
+    return shape.flops_per_token(seq, r["lora_params"]) * r["tokens_per_s"] / (peak * 1e12)
 
 
 def child(model: Path, stack: str, gc: str, micro: int, accum: int, seq: int, data: str, steps: int,

@@ -208,8 +208,12 @@ def memory_budget(cfg, device: Device) -> tuple[float, str]:
 
 def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int, four_bit: bool) -> plan_mod.Plan:
     """The fastest checkpointing mode and micro-batch that fit, for sequences up to `seq`."""
+    import psutil
+
     free, _ = memory_budget(cfg, device)
     gpu = device.gpu or bool(cfg.gpu_memory_gib)
+    # Offloaded activations may take half the host's free RAM; the rest is the data and Python.
+    host = psutil.virtual_memory().available / 2**30 / 2
     return plan_mod.choose(
         shape, budget_gib=plan_mod.usable_gib(free, cfg.memory_margin), batch_size=cfg.batch_size,
         seq=seq, checkpointing=plan_mod.mode_of(str(cfg.gradient_checkpointing)),
@@ -218,6 +222,7 @@ def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int, four_bit: 
         four_bit=four_bit,
         # Offloading activations to host memory saves nothing on a CPU.
         modes=plan_mod.MODES if gpu else ("off", "on"), tflops=plan_mod.peak_tflops(device.name),
+        host_gib=host,
     )
 
 
@@ -305,9 +310,7 @@ def prepare(cfg, say=print) -> Prepared:
             fail(f"{choice.label} at max_seq_length={cfg.max_seq_length} {worst.message}")
         _apply_plan(settings, worst)
     model, tokenizer = load(choice, cfg.max_seq_length, settings.load_in_4bit, cfg.trust_remote_code)
-    prep = Prepared(device, choice, settings, model, tokenizer)
-    prep.shape = shape
-    return prep
+    return Prepared(device, choice, settings, model, tokenizer, shape=shape)
 
 
 def attach_lora(prep: Prepared, cfg, say=print, longest: int | None = None) -> Prepared:

@@ -170,6 +170,7 @@ class Setting:
 @dataclass
 class Estimate:
     parts: dict[str, float]  # GiB per part
+    host_gib: float = 0.0  # layer inputs Unsloth's checkpointing offloads to CPU RAM
 
     @property
     def total(self) -> float:
@@ -187,6 +188,7 @@ def estimate(shape: Shape, setting: Setting, *, r: int = 16, targets: tuple[str,
     kept = shape.layers if setting.checkpointing == "off" else 1
     stash = shape.layers * d * 2 if setting.checkpointing == "on" else 0
     tokens = setting.tokens
+    offloaded = shape.layers * d * 2 * tokens / GiB if setting.checkpointing == "unsloth" else 0.0
     return Estimate({
         "weights": (shape.linear_params * (NF4_BYTES if four_bit else 2)
                     + shape.embedding_params * coef.embedding_bytes) / GiB,
@@ -194,7 +196,7 @@ def estimate(shape: Shape, setting: Setting, *, r: int = 16, targets: tuple[str,
         "activations": tokens * (layer_bytes * kept + stash) / GiB,
         "logits": tokens * coef.logit_bytes * shape.vocab / GiB,
         "overhead": coef.fixed_gib + coef.buffer_weights * d * m * 2 / GiB,
-    })
+    }, host_gib=offloaded)
 
 
 @dataclass
@@ -204,7 +206,6 @@ class Plan:
     budget_gib: float  # memory the run may use (free memory less the safety margin)
     fits: bool
     message: str  # one line: the plan, or why nothing fits and what would
-    slower_fitting: list[str] = field(default_factory=list)
     faster_not_fitting: list[str] = field(default_factory=list)
 
 
@@ -219,10 +220,12 @@ def peak_tflops(device_name: str) -> float:
 def choose(shape: Shape, *, budget_gib: float, batch_size: int, seq: int,
            checkpointing: str | None = None, micro_batch: int | None = None, r: int = 16,
            targets: tuple[str, ...] = ALL_TARGETS, four_bit: bool = True,
-           modes: tuple[str, ...] = MODES, tflops: float = PEAK_TFLOPS["H100"]) -> Plan:
+           modes: tuple[str, ...] = MODES, tflops: float = PEAK_TFLOPS["H100"],
+           host_gib: float = math.inf) -> Plan:
     """The fastest (checkpointing, micro-batch) that fits `budget_gib` for batches of
     `batch_size` sequences up to `seq` tokens. An explicit `checkpointing` or `micro_batch`
-    is kept as given; if it does not fit, the message names the nearest setting that does."""
+    is kept as given; if it does not fit, the message names the nearest setting that does.
+    `host_gib`: CPU RAM that offloaded checkpointing may fill (a Colab VM has about 12 GiB)."""
     def est(s: Setting) -> Estimate:
         return estimate(shape, s, r=r, targets=targets, four_bit=four_bit)
 
@@ -239,28 +242,35 @@ def choose(shape: Shape, *, budget_gib: float, batch_size: int, seq: int,
     cp = (checkpointing,) if checkpointing else modes
     mbs = [micro_batch] if micro_batch else _divisors_desc(batch_size)
     ranked = candidates(cp, mbs, seq)
-    fitting = [(s, e) for s, e in ranked if e.total <= budget_gib]
+    def fits(e: Estimate) -> bool:
+        return e.total <= budget_gib and e.host_gib <= host_gib
+
+    fitting = [(s, e) for s, e in ranked if fits(e)]
     if fitting:
         best, best_est = fitting[0]
+        offload = f" (+{best_est.host_gib:.1f} GiB offloaded to CPU RAM)" if best_est.host_gib >= 0.05 else ""
         plan = Plan(best, best_est, budget_gib, True,
-                    f"{best.describe()}: ~{best_est.total:.1f} GiB of {budget_gib:.1f} GiB usable")
+                    f"{best.describe()}: ~{best_est.total:.1f} GiB of {budget_gib:.1f} GiB usable{offload}")
         plan.faster_not_fitting = [f"{s.describe()} (~{e.total:.1f} GiB)" for s, e in ranked
-                                   if speed(s) > speed(best) * 1.02 and e.total > budget_gib][:2]
+                                   if speed(s) > speed(best) * 1.02 and not fits(e)][:2]
         return plan
 
     # Nothing fits: name the nearest setting that does.
     smallest_s, smallest_e = min(ranked, key=lambda se: se[1].total)
     need = (f"needs ~{smallest_e.total:.1f} GiB even with {smallest_s.describe()}, "
             f"and {budget_gib:.1f} GiB is usable")
-    free = [(s, e) for s, e in candidates(modes, _divisors_desc(batch_size), seq) if e.total <= budget_gib]
+    free = [(s, e) for s, e in candidates(modes, _divisors_desc(batch_size), seq) if fits(e)]
     if free and (checkpointing or micro_batch):
         s, e = free[0]
         hint = (f"gradient_checkpointing={_key(s.checkpointing)} micro_batch_size={s.micro_batch} "
                 f"fits (~{e.total:.1f} GiB), or leave both on auto")
     else:
-        longest = _longest_fitting(lambda n: min(
-            estimate(shape, Setting(c, 1, batch_size, n), r=r, targets=targets, four_bit=four_bit).total
-            for c in cp), budget_gib, seq)
+        def need(n: int) -> float:  # GPU memory at length n, for modes whose offload fits the host
+            ests = [estimate(shape, Setting(c, 1, batch_size, n), r=r, targets=targets, four_bit=four_bit)
+                    for c in cp]
+            return min((e.total for e in ests if e.host_gib <= host_gib), default=math.inf)
+
+        longest = _longest_fitting(need, budget_gib, seq)
         if longest:
             hint = f"max_seq_length={longest} fits with micro-batch 1"
         else:

@@ -162,3 +162,17 @@ def test_a_run_that_cannot_fit_stops_before_loading(config_only_8b, tmp_path):
     assert len(errors) == 1 and "does not fit" in errors[0]
     assert "max_seq_length=262144" in errors[0] and "fits with micro-batch 1" in errors[0]
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_offloading_must_fit_the_host_too():
+    # A Colab VM: ~12 GiB of RAM, half of it for offloaded activations. At 32k tokens Unsloth's
+    # offload would put 8 GiB of layer inputs in RAM; plain checkpointing keeps them on the GPU.
+    roomy = plan.choose(LLAMA_8B, budget_gib=usable(40), batch_size=1, seq=32768)
+    assert roomy.setting.checkpointing == "unsloth" and roomy.estimate.host_gib == pytest.approx(8.0)
+    assert "offloaded to CPU RAM" in roomy.message
+    colab = plan.choose(LLAMA_8B, budget_gib=usable(40), batch_size=1, seq=32768, host_gib=6.0)
+    assert colab.fits and colab.setting.checkpointing != "unsloth"
+    t4 = plan.choose(LLAMA_8B, budget_gib=usable(16), batch_size=1, seq=32768, host_gib=6.0)
+    assert not t4.fits and "max_seq_length=" in t4.message
+    longest = int(t4.message.split("max_seq_length=")[1].split()[0])
+    assert plan.choose(LLAMA_8B, budget_gib=usable(16), batch_size=1, seq=longest, host_gib=6.0).fits
