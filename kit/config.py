@@ -18,7 +18,15 @@ from typing import Any, Literal
 from kit.errors import fail
 
 Export = Literal["adapter", "merged", "both", "gguf", "all"]
+# What each `export=` value writes, in order (a GGUF is converted from the merged model).
+EXPORT_KINDS = {"adapter": ("adapter",), "merged": ("merged",), "both": ("adapter", "merged"),
+                "gguf": ("gguf",), "all": ("adapter", "merged", "gguf")}
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
+
+
+def loggers(report_to: str) -> list[str]:
+    """The loggers a `report_to=` value names, `none` left out."""
+    return [x.strip() for x in report_to.split(",") if x.strip() and x.strip() != "none"]
 
 
 @dataclass
@@ -232,7 +240,7 @@ def validate(cfg: Any) -> None:
             fail(f"{key}={getattr(cfg, key)!r} is out of range")
     if getattr(cfg, "micro_batch_size", 0) and cfg.batch_size % cfg.micro_batch_size:
         fail(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={cfg.micro_batch_size}")
-    if getattr(cfg, "export", "") in ("gguf", "all"):
+    if "gguf" in EXPORT_KINDS.get(getattr(cfg, "export", ""), ()):
         from kit.gguf import QUANTS
 
         if cfg.gguf_quant not in QUANTS:
@@ -242,9 +250,8 @@ def validate(cfg: Any) -> None:
 
         check_repo(cfg.push)
     if hasattr(cfg, "report_to"):
-        loggers = [x.strip() for x in cfg.report_to.split(",") if x.strip()]
-        unknown = [x for x in loggers if x not in REPORT_TO]
-        if unknown or not loggers:
+        named = [x.strip() for x in cfg.report_to.split(",") if x.strip()]
+        if not named or any(x not in REPORT_TO for x in named):
             fail(f"report_to={cfg.report_to!r}: expected none or any of {', '.join(REPORT_TO[1:])}")
     if hasattr(cfg, "lora") and cfg.lora.r <= 0:
         fail(f"lora.r={cfg.lora.r} must be positive")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -71,26 +72,39 @@ def save_merged(model, tokenizer, final: Path, extra_files: dict[str, str] | Non
     return final
 
 
+def last_error_line(text: str, limit: int = 300) -> str:
+    """The informative line of a tool's output: its error, not its progress bars."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^(\w+(Error|Exception)\b|error:|ERROR:)", ln)]
+    line = (errors or lines or ["no output"])[-1]
+    return re.sub(r"^(ERROR|CRITICAL):[\w.-]+:", "", line)[:limit]  # drop a logger's prefix
+
+
+def check_in_fresh_process(kind: str, module_args: list[str], timeout: float) -> dict:
+    """Run `python -m MODULE ARGS` (a loader that prints one JSON result line) in a fresh process,
+    so nothing this process patched or cached can make a broken export look fine."""
+    failed = {"kind": kind, "ok": False, "stopped": False, "reply": ""}
+    try:
+        proc = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**failed, "error": f"timed out after {timeout:.0f} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        crashed = f"killed by signal {-proc.returncode}: " if proc.returncode < 0 else ""
+        return {**failed, "error": crashed + last_error_line(proc.stderr)}
+    return json.loads(lines[-1])
+
+
 def verify(kind: str, path: Path, prompt: list[dict], max_new_tokens: int = 64,
            timeout: float = 600) -> dict:
     """Load an exported folder in a fresh Python process (plain peft/transformers, no
     Unsloth), generate greedily from `prompt`, and report whether it stopped at EOS."""
-    cmd = [sys.executable, "-m", "kit.verify", kind, str(path), json.dumps(prompt), str(max_new_tokens)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"kind": kind, "ok": False, "error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"kind": kind, "ok": False, "error": tail[:300]}
-    result = json.loads(lines[-1])
-    result["ok"] = bool(result.get("stopped"))
+    result = check_in_fresh_process(
+        kind, ["kit.verify", kind, str(path), json.dumps(prompt), str(max_new_tokens)], timeout)
+    if "error" not in result:
+        result["ok"] = bool(result.get("stopped"))
     return result
-
-
-KINDS = {"adapter": ["adapter"], "merged": ["merged"], "both": ["adapter", "merged"],
-         "gguf": ["gguf"], "all": ["adapter", "merged", "gguf"]}
 
 
 def save_gguf(model, tokenizer, output_dir: Path, quant: str, merged: Path | None, progress=print) -> Path:
@@ -114,7 +128,9 @@ def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: lis
     """Write the exports `what` asks for (adapter, merged, both, gguf or all), with
     `extra_files` (name → text) inside each folder, and check each one in a fresh process."""
     results = {}
-    for kind in KINDS[what]:
+    from kit.config import EXPORT_KINDS
+
+    for kind in EXPORT_KINDS[what]:
         path = output_dir / kind
         progress(f"Saving {kind} to {path}")
         if kind == "gguf":

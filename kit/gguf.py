@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kit.errors import fail
+from kit.export import last_error_line
 
 # Written by llama.cpp's converter directly.
 CONVERT_QUANTS = ("f16", "bf16", "q8_0")
@@ -68,19 +69,11 @@ def tools_available(quant: str | None = None) -> str | None:
     return None
 
 
-def _tail(text: str, limit: int = 300) -> str:
-    """The last informative line of a tool's output: its error, not its progress bars."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.match(r"^(\w+(Error|Exception)\b|error:|ERROR:)", ln)]
-    line = (errors or lines or ["no output"])[-1]
-    return re.sub(r"^(ERROR|CRITICAL):[\w.-]+:", "", line)[:limit]  # drop the logger's prefix
-
-
 def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> str:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         crashed = f" (killed by signal {-proc.returncode})" if proc.returncode < 0 else ""
-        fail(f"{what} failed{crashed}: {_tail(proc.stderr + proc.stdout)}")
+        fail(f"{what} failed{crashed}: {last_error_line(proc.stderr + proc.stdout)}")
     return proc.stdout
 
 
@@ -275,22 +268,15 @@ def modelfile_text(file_name: str, template: str | None, bos: str | None, eos: s
 def verify_gguf(path: Path, prompt: list[dict], max_new_tokens: int = 64, timeout: float = 300) -> dict:
     """Load a GGUF with llama-cpp-python in a fresh process, answer `prompt` greedily through
     the GGUF's own chat template, and report whether it stopped at end-of-turn."""
-    cmd = [sys.executable, "-m", "kit.gguf", "verify", str(path), json.dumps(prompt), str(max_new_tokens)]
+    from kit.export import check_in_fresh_process
+
     if not _has_binding():
         return {"kind": "gguf", "ok": False, "stopped": False, "reply": "",
                 "error": f"the llama-cpp-python binding (llama_cpp) is not installed; {SETUP_HINT}"}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"kind": "gguf", "ok": False, "stopped": False, "reply": "",
-                "error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        crashed = f"killed by signal {-proc.returncode}: " if proc.returncode < 0 else ""
-        return {"kind": "gguf", "ok": False, "stopped": False, "reply": "",
-                "error": crashed + _tail(proc.stderr)}
-    result = json.loads(lines[-1])
-    result["ok"] = bool(result["reply"]) and bool(result["stopped"])
+    result = check_in_fresh_process(
+        "gguf", ["kit.gguf", "verify", str(path), json.dumps(prompt), str(max_new_tokens)], timeout)
+    if "error" not in result:
+        result["ok"] = bool(result["reply"]) and bool(result["stopped"])
     return result
 
 

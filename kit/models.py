@@ -206,15 +206,17 @@ def memory_budget(cfg, device: Device) -> tuple[float, str]:
     return free, f"CPU RAM, {free:.1f} GiB available"
 
 
-def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int, four_bit: bool) -> plan_mod.Plan:
-    """The fastest checkpointing mode and micro-batch that fit, for sequences up to `seq`."""
+def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int,
+                four_bit: bool) -> tuple[plan_mod.Plan, str]:
+    """The fastest checkpointing mode and micro-batch that fit, for sequences up to `seq`, and
+    where the memory figure came from."""
     import psutil
 
-    free, _ = memory_budget(cfg, device)
+    free, source = memory_budget(cfg, device)
     gpu = device.gpu or bool(cfg.gpu_memory_gib)
     # Offloaded activations may take half the host's free RAM; the rest is the data and Python.
     host = psutil.virtual_memory().available / 2**30 / 2
-    return plan_mod.choose(
+    chosen = plan_mod.choose(
         shape, budget_gib=plan_mod.usable_gib(free, cfg.memory_margin), batch_size=cfg.batch_size,
         seq=seq, checkpointing=plan_mod.mode_of(str(cfg.gradient_checkpointing)),
         micro_batch=cfg.micro_batch_size or None, r=cfg.lora.r,
@@ -224,6 +226,7 @@ def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int, four_bit: 
         modes=plan_mod.MODES if gpu else ("off", "on"), tflops=plan_mod.peak_tflops(device.name),
         host_gib=host,
     )
+    return chosen, source
 
 
 def _apply_plan(settings: Settings, chosen: plan_mod.Plan) -> None:
@@ -265,11 +268,11 @@ def show_plan(cfg) -> plan_mod.Plan | None:
     say(f"model: {choice.label}: {shape.params / 1e9:.2f}B parameters, {shape.layers} layers, "
         f"hidden {shape.hidden}, vocabulary {shape.vocab}; "
         f"{'4-bit' if settings.load_in_4bit else '16-bit'} base")
-    chosen = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
+    chosen, source = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
     if not chosen.fits:
         say(f"  estimate: {chosen.estimate.describe()} GiB")
         fail(chosen.message)
-    _say_plan(chosen, memory_budget(cfg, device)[1], say)
+    _say_plan(chosen, source, say)
     return chosen
 
 
@@ -305,7 +308,7 @@ def prepare(cfg, say=print) -> Prepared:
     say(f"model: {choice.label} ({choice.reason}); " + "; ".join(settings.notes))
     shape = read_shape(choice, say)
     if shape is not None:  # worst case: every row max_seq_length long
-        worst = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
+        worst, _ = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
         if not worst.fits:
             fail(f"{choice.label} at max_seq_length={cfg.max_seq_length} {worst.message}")
         _apply_plan(settings, worst)
@@ -318,10 +321,10 @@ def attach_lora(prep: Prepared, cfg, say=print, longest: int | None = None) -> P
     and settle the learning rate."""
     if prep.shape is not None:
         seq = min(cfg.max_seq_length, longest or cfg.max_seq_length)
-        chosen = plan_memory(cfg, prep.device, prep.shape, seq, prep.settings.load_in_4bit)
+        chosen, source = plan_memory(cfg, prep.device, prep.shape, seq, prep.settings.load_in_4bit)
         if chosen.fits:  # a shorter longest row only ever frees memory
             _apply_plan(prep.settings, chosen)
-        _say_plan(prep.settings.plan, memory_budget(cfg, prep.device)[1], say)
+        _say_plan(prep.settings.plan, source, say)
     prep.model = add_lora(prep.model, cfg.lora, prep.settings.gradient_checkpointing, cfg.seed)
     prep.trainable, prep.total = count_parameters(prep.model)
     prep.learning_rate = cfg.learning_rate or default_learning_rate(prep.total)

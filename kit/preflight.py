@@ -15,12 +15,15 @@ def export_bytes(export: str, total_params: int, trainable: int, save_total_limi
                  save_steps: int) -> int:
     """Bytes the run will write: merged 16-bit ≈ 2 bytes/parameter; an adapter ≈ 4 bytes per
     trainable parameter; each checkpoint ≈ adapter + AdamW's two fp32 states (12 bytes)."""
+    from kit.config import EXPORT_KINDS
+
+    kinds = EXPORT_KINDS.get(export, ())  # "none": checkpoints only (the mirror)
     need = 0
-    if export in ("merged", "both", "gguf", "all"):  # a GGUF is converted from the merged model
+    if "merged" in kinds or "gguf" in kinds:  # a GGUF is converted from the merged model
         need += 2 * total_params
-    if export in ("gguf", "all"):
+    if "gguf" in kinds:
         need += 2 * total_params
-    if export in ("adapter", "both"):
+    if "adapter" in kinds:
         need += 4 * trainable
     if save_steps > 0:
         need += 12 * trainable * max(save_total_limit, 1)
@@ -69,11 +72,13 @@ def check_services(cfg) -> None:
     at the start, so a missing token fails in a second rather than after training."""
     import importlib.util
 
-    for logger in (x.strip() for x in getattr(cfg, "report_to", "none").split(",")):
-        package = LOGGER_PACKAGES.get(logger)
-        if package and importlib.util.find_spec(package) is None:
+    from kit.config import EXPORT_KINDS, loggers
+
+    for logger in loggers(getattr(cfg, "report_to", "none")):
+        package = LOGGER_PACKAGES[logger]
+        if importlib.util.find_spec(package) is None:
             fail(f"report_to={logger} needs the {package} package: pip install {package}")
-    if getattr(cfg, "export", "") in ("gguf", "all"):
+    if "gguf" in EXPORT_KINDS.get(getattr(cfg, "export", ""), ()):
         from kit.gguf import tools_available
 
         missing = tools_available()  # the converter, and the binding that checks the result

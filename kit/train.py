@@ -13,6 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import DataCollatorForSeq2Seq, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from kit.config import loggers
 from kit.data import Encoded
 
 
@@ -102,7 +103,7 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
         save_total_limit=cfg.save_total_limit,
-        report_to=[x.strip() for x in cfg.report_to.split(",") if x.strip() != "none"] or "none",
+        report_to=loggers(cfg.report_to) or "none",
         seed=cfg.seed,
         disable_tqdm=True,
         max_length=cfg.max_seq_length,
