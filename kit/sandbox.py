@@ -215,7 +215,8 @@ def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: 
         cfg = {"root": root, "work": work, "binds": binds, "disk_mb": disk_mb, "memory_mb": memory_mb,
                "cpu_seconds": int(timeout) + 1, "timeout": timeout, "token": token,
                "code": code, "tests": tests, "exe": sys.executable, "harness": _HARNESS,
-               "env": dict(_ENV, HOME=work, TMPDIR=work + "/tmp"), "worker_id": worker, "nproc": 1 if worker else 3}
+               "env": dict(_ENV, HOME=work, TMPDIR=work + "/tmp"), "worker_id": worker,
+               "nproc": 1 if worker else 3}  # counted per user namespace: supervisor, init, code
         try:
             proc.stdin.write(json.dumps(cfg).encode())
             proc.stdin.close()
@@ -241,7 +242,8 @@ def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: 
         if not finished:
             return Outcome(False, "timeout")
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
-        return Outcome(False, "sandbox error: " + (lines[-1][:200] if lines else f"exit code {proc.returncode}"))
+        last = lines[-1][:200] if lines else f"exit code {proc.returncode}"
+        return Outcome(False, f"sandbox error: {last}")
     return _verdict(result, token)
 
 
@@ -280,7 +282,8 @@ def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk
             fds = {proc.stdout.fileno(): out, verdict_r: verdict}
             # Stop when the program has exited, even if something it left holds the pipes.
             finished = _read_bounded(fds, {proc.stdout.fileno(): 8192, verdict_r: 4096},
-                                     lambda: proc.poll() is not None, min(deadline, time.monotonic() + timeout))
+                                     lambda: proc.poll() is not None,
+                                     min(deadline, time.monotonic() + timeout))
             timed_out = not finished
         finally:
             _kill(proc)
@@ -323,6 +326,18 @@ def describe() -> str:
     return isolation().line
 
 
+def check(mode: str) -> str:
+    """The describe() line, or one clear error when `mode` is "strict" and this machine
+    cannot give strict isolation."""
+    iso = isolation()
+    if mode == "strict" and not iso.strict:
+        from kit.errors import fail
+
+        fail(f"sandbox=strict: strict isolation is unavailable here ({iso.missing}); "
+             "sandbox=best-effort runs generated code anyway with weaker isolation")
+    return iso.line
+
+
 def is_strict() -> bool:
     return isolation().strict
 
@@ -342,4 +357,5 @@ def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 512,
     return run_program(code, timeout, memory_mb, tests=tests, disk_mb=disk_mb)
 
 
-__all__ = ["Outcome", "Isolation", "run_program", "run_tests", "describe", "is_strict", "isolation"]
+__all__ = ["Outcome", "Isolation", "run_program", "run_tests", "describe", "check", "is_strict",
+           "isolation"]
