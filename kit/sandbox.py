@@ -311,7 +311,7 @@ def _strict_probe() -> str:
 
 def isolation(memory_mb: int = 512, disk_mb: int = DISK_MB) -> Isolation:
     """What this machine gives, as one line, and whether it is strict."""
-    missing = "strict isolation switched off (KIT_SANDBOX=best-effort)" if FORCE_BEST_EFFORT \
+    missing = "switched off (KIT_SANDBOX=best-effort)" if FORCE_BEST_EFFORT \
         else _strict_probe()
     if not missing:
         return Isolation(True, f"sandbox: strict — user, mount, PID and network namespaces, "

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kit import code, data, evaluate, export, hub, models, preflight, train
+from kit import code, data, evaluate, export, hub, models, preflight, sandbox, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import fail, run_cli
 from kit.report import escape, finish, say, step, warn
@@ -53,11 +53,17 @@ class CodeConfig(RecipeConfig):
     """Longest generated solution during evaluation."""
     exec_timeout: float = 5.0
     """Seconds each generated solution may run with its tests."""
+    sandbox: Literal["strict", "best-effort"] = "strict"
+    """`strict`: stop before loading the model if this machine cannot isolate generated code
+    with namespaces (kit/sandbox.py); `best-effort`: run it anyway with weaker isolation."""
 
 
 def main(cfg: CodeConfig) -> dict:
     started = time.perf_counter()
     preflight.start(cfg)  # bad values, or another run's output_dir, stop here
+    isolation = sandbox.check(cfg.sandbox) if cfg.mode == "instruct" else ""
+    if isolation:
+        say(isolation)  # a machine that cannot isolate generated code stops here
     if cfg.mode == "fim" and cfg.eval == "humaneval":
         fail("eval=humaneval scores instruction-following code; use it with mode=instruct")
 
@@ -139,7 +145,8 @@ def main(cfg: CodeConfig) -> dict:
                                        gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = finish("code", cfg, prep, result, before, after, exports, started, held_out=len(test_enc))
+    metrics = finish("code", cfg, prep, result, before, after, exports, started, held_out=len(test_enc),
+                     extra={"sandbox": isolation} if isolation else None)
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
