@@ -276,32 +276,90 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     )
 
 
-def encode(tokenizer, messages: list[dict], max_len: int) -> Encoded:
-    """Token ids with labels on assistant replies only (everything else -100).
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    k = next((i for i in range(n) if a[i] != b[i]), n)
+    return k
 
-    Each reply's span is found by rendering the conversation up to it with the generation
-    prompt (where the reply starts) and through it (where it ends, end-of-turn included, so
-    the model learns to stop); tokens inside those character spans are trained on.
-    """
-    text = render(tokenizer, messages)
-    spans = []
+
+def reply_spans(tokenizer, messages: list[dict], text: str) -> list[tuple[int, int, int]]:
+    """(start, content_end, end) character offsets in `text` of each assistant reply: from
+    where the generation prompt leaves off, through the reply, to the end of the template's
+    end-of-turn token (kit.stops.turn_end), so the model learns to stop.
+
+    Templates differ in what they write around a reply (Llama and Gemma trim it, Phi-3 adds
+    EOS after the last turn, Qwen3 puts an empty think block in the last one), so the reply
+    is found in the rendered text rather than assumed at the end of a partial rendering."""
+    from kit import stops
+
+    end_token = stops.turn_end(tokenizer)
+    spans, pos = [], 0
     for i, msg in enumerate(messages):
         if msg["role"] != "assistant":
             continue
-        start = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        end = render(tokenizer, messages[: i + 1])
-        if not (text.startswith(start) and text.startswith(end)):
-            fail("the model's chat template renders earlier turns differently as the "
-                 "conversation grows; cannot mask prompts for it")
-        spans.append((len(start), len(end)))
+        opened = render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
+        start = len(opened) if opened and text.startswith(opened) and len(opened) >= pos else None
+        content = msg["content"].strip()
+        at = text.find(content, pos if start is None else start)
+        if at < 0:
+            fail("the model's chat template changes the replies' text (cannot find a reply in "
+                 "the rendered conversation); cannot mask prompts for it")
+        start = at if start is None else start
+        content_end = at + len(content)
+        end = content_end
+        if end_token:
+            k = text.find(end_token, content_end)
+            if k >= 0 and not text[content_end:k].strip():
+                end = k + len(end_token)
+        else:  # no end-of-turn token: whatever the template writes to close this turn
+            end = max(end, _common_prefix(render(tokenizer, messages[: i + 1]), text))
+        spans.append((start, content_end, end))
+        pos = end
+    return spans
+
+
+def encode(tokenizer, messages: list[dict], max_len: int) -> Encoded:
+    """Token ids with labels on assistant replies and their end-of-turn token (everything
+    else -100). A row longer than `max_len` keeps its last reply's start and its end-of-turn
+    token (see `_truncate`), so a long answer still teaches the model to stop."""
+    text = render(tokenizer, messages)
+    spans = reply_spans(tokenizer, messages, text)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [
-        tok if any(s <= a and b <= e and b > a for s, e in spans) else -100
+        tok if any(s <= a and b <= e and b > a for s, _, e in spans) else -100
         for tok, (a, b) in zip(ids, offsets)
     ]
-    truncated = len(ids) > max_len
-    return Encoded(ids[:max_len], labels[:max_len], truncated)
+    if len(ids) <= max_len:
+        return Encoded(ids, labels)
+    _, content_end, end = spans[-1]
+    # Tokens of the last reply, and of its end-of-turn part.
+    reply = [k for k, (a, b) in enumerate(offsets) if labels[k] != -100 and a >= spans[-1][0] and b <= end]
+    closing = [k for k in reply if offsets[k][0] >= content_end]
+    return _truncate(ids, labels, max_len, reply[0] if reply else len(ids),
+                     closing[0] if closing else (reply[-1] + 1 if reply else len(ids)),
+                     reply[-1] + 1 if reply else len(ids), tokenizer.bos_token_id)
+
+
+def _truncate(ids: list[int], labels: list[int], max_len: int, reply_start: int,
+              closing_start: int, reply_end: int, bos: int | None) -> Encoded:
+    """Cut a row to `max_len` tokens, keeping what the task needs: the end-of-turn tokens
+    (`closing_start:reply_end`), the beginning of the last reply and the prompt nearest it.
+    Whatever follows the turn end goes first; then the prompt's oldest tokens (a leading BOS
+    stays) down to half the budget; then the reply's tail before its end-of-turn token."""
+    def cut(keep: list[int]) -> Encoded:
+        return Encoded([ids[k] for k in keep], [labels[k] for k in keep], truncated=True)
+
+    if reply_end <= max_len:
+        return cut(list(range(reply_end)))
+    closing = list(range(closing_start, reply_end))[-max_len:]
+    head = [0] if ids[0] == bos and 0 < reply_start and len(closing) + 1 < max_len else []
+    body = list(range(reply_start, closing_start))
+    prompt = list(range(len(head), reply_start))
+    room = max_len - len(head) - len(closing)
+    n_prompt = min(len(prompt), max(room // 2, room - len(body)))
+    n_body = max(room - n_prompt, 0)
+    return cut(head + prompt[len(prompt) - n_prompt:] + body[:n_body] + closing)
 
 
 def encode_all(
@@ -313,8 +371,10 @@ def encode_all(
     n_trunc = sum(e.truncated for e in encoded)
     if n_trunc:
         notes.append(f"{n_trunc} of {len(encoded)} {what} examples are longer than "
-                     f"max_seq_length={max_len} and were truncated")
-    empty = [i for i, e in enumerate(encoded, 1) if not any(t != -100 for t in e.labels)]
+                     f"max_seq_length={max_len} and were cut to fit, each keeping its last "
+                     "reply's start and end-of-turn token")
+    # (the first token is never predicted, so its label does not count)
+    empty = [i for i, e in enumerate(encoded, 1) if not any(t != -100 for t in e.labels[1:])]
     if len(empty) == len(encoded):
         fail(f"no {what} example has a reply token left to train on after masking"
              + (f" and truncation to max_seq_length={max_len}" if n_trunc else ""))

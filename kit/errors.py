@@ -11,6 +11,13 @@ class KitError(Exception):
     """Bad input or an unusable setting: printed as one line, exit code 2, no traceback."""
 
 
+class CheckFailed(KitError):
+    """The run finished but a result failed its check (an export that does not load or does
+    not stop): one line, exit code 1."""
+
+    exit_code = 1
+
+
 def fail(message: str) -> NoReturn:
     raise KitError(message)
 
@@ -21,7 +28,7 @@ def run_cli(fn: Callable[[list[str]], object], argv: list[str] | None = None) ->
         fn(sys.argv[1:] if argv is None else argv)
     except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ import torch
 import unsloth  # noqa: F401
 from unsloth import FastLanguageModel
 
+from kit import stops as stops_mod
 from kit.data import Encoded, Example, check_reply, pad_batch, render
 
 
@@ -18,7 +19,7 @@ from kit.data import Encoded, Example, check_reply, pad_batch, render
 class Generation:
     prompt: list[dict]
     reply: str
-    stopped: bool  # ended with the end-of-turn token rather than the length limit
+    stopped: bool  # ended with a stop token (kit.stops) rather than at the length limit
 
 
 @torch.no_grad()
@@ -52,7 +53,10 @@ def reference_of(example: Example) -> str:
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48,
              batch_size: int = 16) -> list[Generation]:
-    """Greedy, batched generation; the model is put in Unsloth's inference mode meanwhile."""
+    """Greedy, batched generation that stops at the model's stop set (kit.stops: its
+    generation config's EOS list, its template's end-of-turn token and the tokenizer's EOS);
+    the model is put in Unsloth's inference mode meanwhile."""
+    stops = stops_mod.stop_ids(tokenizer, getattr(model, "generation_config", None))
     FastLanguageModel.for_inference(model)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     device = next(model.parameters()).device
@@ -64,13 +68,10 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             ids = model.generate(
                 **enc.to(device), max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
             )
             for p, row in zip(chunk, ids[:, enc["input_ids"].shape[1] :]):
-                row = row.tolist()
-                stopped = tokenizer.eos_token_id in row
-                if stopped:
-                    row = row[: row.index(tokenizer.eos_token_id)]
+                row, stopped = stops_mod.cut_at_stop(row.tolist(), stops)
                 out.append(Generation(p, tokenizer.decode(row, skip_special_tokens=True).strip(), stopped))
     finally:
         tokenizer.padding_side = side

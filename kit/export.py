@@ -47,10 +47,29 @@ def _write_extra(folder: Path, extra_files: dict[str, str] | None) -> None:
         (folder / name).write_text(text)
 
 
+def generation_config(model, tokenizer):
+    """The model's generation config with its EOS list set to the stop set (kit.stops), so
+    plain transformers, vLLM and TGI stop at the end of the turn with no argument passed."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    from kit import stops
+
+    base = getattr(model, "generation_config", None)
+    config = copy.deepcopy(base) if base is not None else GenerationConfig()
+    config.eos_token_id = stops.stop_ids(tokenizer, base)
+    if tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+    return config
+
+
 def save_adapter(model, tokenizer, final: Path, extra_files: dict[str, str] | None = None) -> Path:
     with atomic_dir(final) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        # peft would use the base model's; kit.verify and users' own code can read this one.
+        generation_config(model, tokenizer).save_pretrained(str(tmp))
         _write_extra(tmp, extra_files)
         _settle_permissions(tmp)
     return final
@@ -67,6 +86,7 @@ def save_merged(model, tokenizer, final: Path, extra_files: dict[str, str] | Non
             temporary_location=str(tmp.resolve() / ".unsloth_buffers"),
         )
         shutil.rmtree(tmp / ".unsloth_buffers", ignore_errors=True)
+        generation_config(model, tokenizer).save_pretrained(str(tmp))
         _write_extra(tmp, extra_files)
         _settle_permissions(tmp)
     return final
@@ -99,11 +119,12 @@ def check_in_fresh_process(kind: str, module_args: list[str], timeout: float) ->
 def verify(kind: str, path: Path, prompt: list[dict], max_new_tokens: int = 64,
            timeout: float = 600) -> dict:
     """Load an exported folder in a fresh Python process (plain peft/transformers, no
-    Unsloth), generate greedily from `prompt`, and report whether it stopped at EOS."""
+    Unsloth), generate greedily from `prompt`, and report whether it stopped at one of the
+    folder's own stop tokens (its generation_config.json)."""
     result = check_in_fresh_process(
         kind, ["kit.verify", kind, str(path), json.dumps(prompt), str(max_new_tokens)], timeout)
     if "error" not in result:
-        result["ok"] = bool(result.get("stopped"))
+        result["ok"] = bool(result.get("reply")) and bool(result.get("stopped"))
     return result
 
 
@@ -112,12 +133,17 @@ def save_gguf(model, tokenizer, output_dir: Path, quant: str, merged: Path | Non
     removed afterwards (a GGUF-only run should not leave a 16-bit copy on a 20 GB Kaggle disk)."""
     from kit import gguf
 
+    from kit import stops
+
+    stop_tokens = stops.stop_tokens(tokenizer, generation_config(model, tokenizer).eos_token_id)
     if merged is not None:
-        return gguf.export_gguf(merged, output_dir / "gguf", quant, progress, name=output_dir.name)
+        return gguf.export_gguf(merged, output_dir / "gguf", quant, progress, name=output_dir.name,
+                                stops=stop_tokens)
     scratch = output_dir / ".merged-for-gguf"
     try:
         save_merged(model, tokenizer, scratch)
-        return gguf.export_gguf(scratch, output_dir / "gguf", quant, progress, name=output_dir.name)
+        return gguf.export_gguf(scratch, output_dir / "gguf", quant, progress, name=output_dir.name,
+                                stops=stop_tokens)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -145,7 +171,27 @@ def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: lis
             progress(f"Checking {kind}: loading it in a fresh process with plain "
                      f"{'peft' if kind == 'adapter' else 'transformers'}")
             res = results[kind] = {"path": str(path), **verify(kind, path, prompt, max_new_tokens)}
-        problem = res.get("error") or "did not stop at EOS"
-        status = "[green]loads, answers, stops at EOS[/]" if res["ok"] else f"[red]{problem}[/]"
+        stop = f" ({res['stop_token']})" if res.get("stop_token") else ""
+        status = (f"[green]loads, answers, stops at the end of its turn{escape(stop)}[/]" if res["ok"]
+                  else f"[red]{escape(problem_of(res))}[/]")
         progress(f"{kind}: {status}  reply: {escape(repr(res.get('reply', '')[:100]))}")
     return results
+
+
+def problem_of(result: dict) -> str:
+    """What went wrong with one export's check, in a few words."""
+    if result.get("error"):
+        return result["error"]
+    if not result.get("reply"):
+        return "gave an empty reply"
+    return "did not stop at the end of its turn (ran to the length limit)"
+
+
+def require_ok(results: dict[str, dict]) -> None:
+    """Fail the run (exit code 1, one line) if any export did not pass its fresh-process check:
+    a file that does not load or does not stop is no result, whatever the metrics say."""
+    from kit.errors import CheckFailed
+
+    bad = [f"{kind} ({problem_of(r)})" for kind, r in results.items() if not r.get("ok")]
+    if bad:
+        raise CheckFailed("export check failed: " + "; ".join(bad) + "; see metrics.json")

@@ -101,9 +101,10 @@ def _model_name(merged_dir: Path) -> str:
 
 
 def export_gguf(merged_dir: Path, out_dir: Path, quant: str, progress: Callable[[str], object] = print,
-                name: str | None = None) -> Path:
+                name: str | None = None, stops: list[str] | tuple[str, ...] = ()) -> Path:
     """Convert a merged Hugging Face model folder to `out_dir/<name>-<quant>.gguf` and write an
-    Ollama `Modelfile` beside it. Both appear whole or not at all."""
+    Ollama `Modelfile` beside it, whose stop list includes `stops` (the model's stop set,
+    kit.stops). Both appear whole or not at all."""
     merged_dir, out_dir = Path(merged_dir), Path(out_dir)
     quant = quant.lower()
     if quant not in QUANTS:
@@ -131,7 +132,7 @@ def export_gguf(merged_dir: Path, out_dir: Path, quant: str, progress: Callable[
             progress(f"Quantizing to {quant} with llama.cpp (llama_cpp.llama_model_quantize)")
             _quantize(tmp / "full.gguf", tmp / final.name, quant)
         modelfile = tmp / "Modelfile"
-        modelfile.write_text(ollama_modelfile(tmp / final.name))
+        modelfile.write_text(ollama_modelfile(tmp / final.name, stops))
         for f in (tmp / final.name, modelfile):
             f.chmod(0o644)
         os.replace(tmp / final.name, final)
@@ -236,28 +237,28 @@ def _quote(text: str) -> str:
     return f'"""{text}"""'
 
 
-def ollama_modelfile(gguf_path: Path) -> str:
+def ollama_modelfile(gguf_path: Path, stops: list[str] | tuple[str, ...] = ()) -> str:
     """An Ollama Modelfile for `gguf_path` (referenced as ./<file name>), its chat format taken
-    from the template embedded in the GGUF."""
-    return modelfile_text(gguf_path.name, *_gguf_chat_info(gguf_path))
+    from the template embedded in the GGUF, stopping at `stops` as well."""
+    return modelfile_text(gguf_path.name, *_gguf_chat_info(gguf_path), stops=stops)
 
 
-def modelfile_text(file_name: str, template: str | None, bos: str | None, eos: str | None) -> str:
+def modelfile_text(file_name: str, template: str | None, bos: str | None, eos: str | None,
+                   stops: list[str] | tuple[str, ...] = ()) -> str:
     family, system = chat_family(template, bos, eos)
     lines = ["# Ollama: ollama create NAME -f Modelfile && ollama run NAME", f"FROM ./{file_name}", ""]
     if family:
-        go_template, stops = _TEMPLATES[family]
+        go_template, family_stops = _TEMPLATES[family]
         lines += [f"# {family} chat format, as in the model's tokenizer chat template",
                   f"TEMPLATE {_quote(go_template)}"]
         if system:
             lines.append(f"SYSTEM {_quote(system)}")
-        if eos and eos not in stops:
-            stops = [*stops, eos]
+        stops = list(dict.fromkeys([*family_stops, *stops, *([eos] if eos else [])]))
     else:
         lines += ["# No TEMPLATE: the chat format is not one this kit recognises, so Ollama picks one by",
                   "# matching the GGUF's embedded tokenizer.chat_template against the templates it knows.",
                   "# If replies run on or ignore the turns, add a TEMPLATE for this model by hand."]
-        stops = [eos] if eos else []
+        stops = list(dict.fromkeys([*stops, *([eos] if eos else [])]))
     lines += [f"PARAMETER stop {json.dumps(s)}" for s in stops]
     return "\n".join(lines) + "\n"
 

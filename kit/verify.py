@@ -2,8 +2,9 @@
 
     python -m kit.verify adapter|merged PATH '[{"role": "user", "content": "Hi"}]' [MAX_NEW_TOKENS]
 
-Prints one JSON line: the reply, whether generation stopped at EOS, and timings. Imports
-neither Unsloth nor anything from the kit's training path, on purpose.
+Prints one JSON line: the reply, whether generation stopped at one of the folder's own stop
+tokens (its `generation_config.json` EOS list, as transformers uses it; nothing is passed to
+override it), and timings. Imports neither Unsloth nor anything else from the kit, on purpose.
 """
 
 from __future__ import annotations
@@ -44,19 +45,30 @@ def main(argv: list[str]) -> int:
 
     model, tokenizer = load_exported(path, kind)
     loaded = time.perf_counter() - start
+    from pathlib import Path
+
+    from transformers import GenerationConfig
+
+    # An adapter folder carries the generation config the kit wrote beside it (peft itself
+    # would take the base model's); a merged folder's is what from_pretrained loaded.
+    own = Path(path) / "generation_config.json"
+    config = GenerationConfig.from_pretrained(path) if own.is_file() else model.generation_config
+    eos = config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(**enc, generation_config=config, max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
     new = out[0, enc["input_ids"].shape[1]:].tolist()
-    stopped = tokenizer.eos_token_id in new
-    if stopped:
-        new = new[: new.index(tokenizer.eos_token_id)]
+    stop = next((k for k, t in enumerate(new) if t in eos), None)
+    stop_token = tokenizer.convert_ids_to_tokens(new[stop]) if stop is not None else None
+    new = new if stop is None else new[:stop]
     print(json.dumps({
         "kind": kind,
         "reply": tokenizer.decode(new, skip_special_tokens=True).strip(),
-        "stopped": stopped,
+        "stopped": stop is not None,
+        "stop_token": stop_token,
         "load_seconds": round(loaded, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }))

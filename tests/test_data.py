@@ -120,22 +120,36 @@ def test_prompt_tokens_are_masked_and_reply_tokens_trained(tokenizer):
     enc = data.encode(tokenizer, messages, 512)
     assert enc.input_ids == tokenizer(data.render(tokenizer, messages), add_special_tokens=False)["input_ids"]
     trained = tokenizer.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab != -100])
-    assert trained == "Hello friend<|im_end|>\nGoodbye<|im_end|>\n"
+    assert trained == "Hello friend<|im_end|>Goodbye<|im_end|>"  # each reply and its turn end
     masked = tokenizer.decode([t for t, lab in zip(enc.input_ids, enc.labels) if lab == -100])
     for prompt_text in ("Be brief.", "Hi there", "Bye", "<|im_start|>assistant"):
         assert prompt_text in masked
     assert all(lab in (-100, tok) for tok, lab in zip(enc.input_ids, enc.labels))
 
 
-def test_truncation_is_counted_and_all_masked_is_an_error(tokenizer):
-    long = data.Example([{"role": "user", "content": "word " * 200},
-                         {"role": "assistant", "content": "ok"}])
+def test_truncation_keeps_the_reply_and_its_turn_end(tokenizer):
+    long_prompt = data.Example([{"role": "user", "content": "Tell me. " + "word " * 200},
+                                {"role": "assistant", "content": "ok then"}])
+    long_reply = data.Example([{"role": "user", "content": "Count."},
+                               {"role": "assistant", "content": "one two " * 200 + "done"}])
     short = data.Example([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}])
-    encoded, notes = data.encode_all(tokenizer, [long, short], 64, "train")
+    encoded, notes = data.encode_all(tokenizer, [long_prompt, long_reply, short], 64, "train")
+    assert any("2 of 3 train examples are longer than max_seq_length=64" in n for n in notes)
+
+    def trained(e):
+        return tokenizer.decode([t for t, lab in zip(e.input_ids, e.labels) if lab != -100])
+
+    # A long prompt loses its oldest tokens; the reply and its end-of-turn token stay whole.
     assert len(encoded[0].input_ids) == 64 and encoded[0].truncated
-    assert any("1 of 2 train examples are longer than max_seq_length=64" in n for n in notes)
+    assert trained(encoded[0]) == "ok then<|im_end|>"
+    # A long reply keeps its question, its start and its end-of-turn token (the model still
+    # learns to stop); its middle is what goes.
+    assert len(encoded[1].input_ids) == 64 and encoded[1].truncated
+    assert "Count." in tokenizer.decode(encoded[1].input_ids)
+    assert trained(encoded[1]).startswith("one two") and trained(encoded[1]).endswith("<|im_end|>")
+    assert not encoded[2].truncated
     with pytest.raises(KitError, match="no train example has a reply token"):
-        data.encode_all(tokenizer, [long], 64, "train")
+        data.encode_all(tokenizer, [long_prompt], 1, "train")
 
 
 def test_checks_on_replies():
