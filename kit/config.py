@@ -37,8 +37,10 @@ class LoraConfig:
     """LoRA scaling numerator; the update is scaled by alpha / r."""
     dropout: float = 0.0
     """Dropout on the LoRA path. Unsloth's fast path wants 0."""
-    target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
-    """Comma-separated module names to adapt: by default every linear projection."""
+    target_modules: str = "auto"
+    """Comma-separated module names to adapt. `auto`: every linear projection of the model's
+    decoder layers, by its own names (q_proj..down_proj in Llama, Qwen, Mistral and Gemma;
+    qkv_proj, o_proj, gate_up_proj, down_proj in Phi-3)."""
 
 
 @dataclass

@@ -87,9 +87,20 @@ def save_merged(model, tokenizer, final: Path, extra_files: dict[str, str] | Non
         )
         shutil.rmtree(tmp / ".unsloth_buffers", ignore_errors=True)
         generation_config(model, tokenizer).save_pretrained(str(tmp))
+        _copy_sentencepiece_model(model, tmp)
         _write_extra(tmp, extra_files)
         _settle_permissions(tmp)
     return final
+
+
+def _copy_sentencepiece_model(model, folder: Path) -> None:
+    """A SentencePiece `tokenizer.model` beside the base weights goes into the export too:
+    llama.cpp's converter reads Phi-3's and Llama 2's vocabulary from it, and a fast tokenizer
+    does not always write it back."""
+    base = Path(str(getattr(getattr(model, "config", None), "_name_or_path", "") or ""))
+    src = base / "tokenizer.model"
+    if base.is_dir() and src.is_file() and not (folder / "tokenizer.model").exists():
+        shutil.copyfile(src, folder / "tokenizer.model")
 
 
 def last_error_line(text: str, limit: int = 300) -> str:

@@ -135,9 +135,24 @@ def load(choice: ModelChoice, max_seq_length: int, load_in_4bit: bool,
     return model, tokenizer
 
 
+def linear_names(model) -> list[str]:
+    """Names of the linear projections inside the model's decoder layers (not the LM head):
+    what `lora.target_modules=auto` adapts."""
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and ".layers." in name}
+    return sorted(names)
+
+
+def lora_targets(model, target_modules: str) -> list[str]:
+    """The module names `lora.target_modules` means for this model."""
+    if target_modules.strip() == "auto":
+        return linear_names(model)
+    return [t.strip() for t in target_modules.split(",") if t.strip()]
+
+
 def add_lora(model, lora, gradient_checkpointing: bool | str, seed: int):
     """Wrap the model with LoRA adapters on the configured projections."""
-    targets = [t.strip() for t in lora.target_modules.split(",") if t.strip()]
+    targets = lora_targets(model, lora.target_modules)
     return FastLanguageModel.get_peft_model(
         model,
         r=lora.r,

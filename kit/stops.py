@@ -26,7 +26,7 @@ def _ids(value) -> list[int]:
         return []
     if isinstance(value, int):
         return [value]
-    return [int(v) for v in value]
+    return [int(v) for v in value if v is not None]
 
 
 def _special_ids(tokenizer) -> set[int]:

@@ -91,7 +91,8 @@ def main(cfg: ChatConfig) -> dict:
         say(f"[dim]prompt:[/] {escape(b.prompt[-1]['content'])}\n  [dim]before:[/] {escape(b.reply[:120])}"
             f"\n  [dim]after:[/]  {escape(a.reply[:120])}")
 
-    # 8. Export atomically; load each result in a fresh process and check it stops at EOS.
+    # 8. Export atomically; load each result in a fresh process and check it stops at the
+    #    end of its turn (the stop set goes into each export's generation_config.json).
     step("Export")
     probe = next((e for e in splits.test if e.expect), splits.test[0])
     exports = export.export_and_verify(prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
@@ -100,6 +101,7 @@ def main(cfg: ChatConfig) -> dict:
 
     # 9. Summary table, metrics.json and report.png.
     metrics = finish("chat", cfg, prep, result, before, after, exports, started, held_out=len(splits.test))
+    export.require_ok(exports)  # an export that does not load or stop fails the run (exit 1)
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:

@@ -46,7 +46,7 @@ class Family:
 FAMILIES = {
     "llama3": Family("llama3", "ggml-vocab-llama-bpe.gguf", "meta-llama-Llama-3.1-8B-Instruct.jinja",
                      "LlamaForCausalLM", "<|eot_id|>",
-                     ("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")),
+                     ("<|end_of_text|>", "<|eot_id|>")),
     "qwen2": Family("qwen2", "ggml-vocab-qwen2.gguf", "Qwen-Qwen2.5-7B-Instruct.jinja",
                     "Qwen2ForCausalLM", "<|im_end|>", ("<|im_end|>", "<|endoftext|>")),
     "qwen3": Family("qwen3", "ggml-vocab-qwen2.gguf", "Qwen-Qwen3-0.6B.jinja", "Qwen3ForCausalLM",
@@ -220,6 +220,8 @@ def tiny_model(name: str, path: Path, tok=None, hidden: int = 64) -> Path:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path)
     tok.save_pretrained(path)
+    if _fields(assets() / fam.vocab)["tokenizer.ggml.model"] == "llama":
+        write_sentencepiece_model(assets() / fam.vocab, path / "tokenizer.model")
     return path
 
 
@@ -244,4 +246,36 @@ def strip_think(text: str) -> str:
 
 def write_json(path: Path, obj) -> Path:
     path.write_text(json.dumps(obj))
+    return path
+
+
+def write_sentencepiece_model(vocab_file: Path, path: Path) -> Path:
+    """`tokenizer.model` (SentencePiece BPE) from a SentencePiece-style vocab GGUF: the pieces,
+    scores and types llama.cpp took from the original file, written back. llama.cpp's converter
+    reads Phi-3's and Llama 2's vocabulary from this file, as the real checkpoints ship it."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    f = _fields(vocab_file)
+    proto = pb.ModelProto()
+    proto.trainer_spec.model_type = pb.TrainerSpec.BPE
+    proto.trainer_spec.byte_fallback = True
+    for key, attr in (("unknown", "unk_id"), ("bos", "bos_id"), ("eos", "eos_id")):
+        i = f.get(f"tokenizer.ggml.{key}_token_id")
+        setattr(proto.trainer_spec, attr, -1 if i is None else int(i))
+    proto.trainer_spec.pad_id = -1
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = False
+    # The SentencePiece model holds the base vocabulary; tokens added on top of it (Phi-3's
+    # <|end|> and friends, from id 32000) live in the tokenizer's config, where the converter
+    # reads them. The base ends before the first control/user token after <unk>, <s>, </s>.
+    unk = f.get("tokenizer.ggml.unknown_token_id")
+    for i, (piece, score, kind) in enumerate(zip(f["tokenizer.ggml.tokens"], f["tokenizer.ggml.scores"],
+                                                 f["tokenizer.ggml.token_type"])):
+        kind = int(kind)
+        if i > 2 and kind in (2, 3, 4):
+            break
+        proto.pieces.add(piece=piece, score=float(score), type=kind if kind != 2 or i == unk else 4)
+    proto.trainer_spec.vocab_size = len(proto.pieces)
+    path.write_bytes(proto.SerializeToString())
     return path
