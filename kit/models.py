@@ -258,11 +258,23 @@ def _say_plan(chosen: plan_mod.Plan, source: str, say) -> None:
         say("  faster, but does not fit: " + "; ".join(chosen.faster_not_fitting))
 
 
-def read_shape(choice: ModelChoice, say=print) -> plan_mod.Shape | None:
+def read_shape(choice: ModelChoice, say=print, settings: Settings | None = None,
+               cfg=None) -> plan_mod.Shape | None:
+    """The model's shape, or None after saying, in one line, why there is no plan and (given the
+    settings) the safe ones the run falls back to: one row per pass, checkpointing as decided
+    (offloaded on a GPU unless set), accumulation making up `batch_size`."""
     try:
         return plan_mod.read_shape(choice.path)
     except (OSError, ValueError) as exc:
-        say(f"no memory plan for {choice.label}: {str(exc).splitlines()[0][:160]}")
+        fallback = ""
+        if settings is not None:
+            settings.micro_batch = cfg.micro_batch_size or 1
+            settings.grad_accum = cfg.batch_size // settings.micro_batch
+            gc = {"unsloth": "offloaded checkpointing", True: "checkpointing",
+                  False: "no checkpointing"}[settings.gradient_checkpointing]
+            fallback = (f"; using safe settings: {gc}, micro-batch {settings.micro_batch} × "
+                        f"{settings.grad_accum} accumulation")
+        say(f"no memory plan for {choice.label}: {str(exc).splitlines()[0][:160]}{fallback}")
         return None
 
 
@@ -277,7 +289,7 @@ def show_plan(cfg) -> plan_mod.Plan | None:
             cfg.model = GPU_DEFAULT
     choice = resolve_model(cfg.model, device, progress=say)
     settings = decide_settings(cfg, device)
-    shape = read_shape(choice, say)
+    shape = read_shape(choice, say, settings, cfg)
     if shape is None:
         return None
     say(f"model: {choice.label}: {shape.params / 1e9:.2f}B parameters, {shape.layers} layers, "
@@ -321,7 +333,7 @@ def prepare(cfg, say=print) -> Prepared:
     settings = decide_settings(cfg, device)
     say(f"device: {device.name} ({device.memory_gib:.0f} GiB)")
     say(f"model: {choice.label} ({choice.reason}); " + "; ".join(settings.notes))
-    shape = read_shape(choice, say)
+    shape = read_shape(choice, say, settings, cfg)
     if shape is not None:  # worst case: every row max_seq_length long
         worst, _ = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
         if not worst.fits:

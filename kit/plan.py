@@ -11,6 +11,21 @@ The estimate adds up the parts that matter for QLoRA on a decoder:
     logits       per token, times the vocabulary (the loss runs in chunks, so this stays small)
     overhead     a fixed part and dequantization buffers the size of the largest weight
 
+What it models: decoders with Llama's projections (q/k/v/o, gate/up/down; Mistral, Qwen2/3,
+Gemma 1-3, Granite, OLMo, Cohere, SmolLM3) and Phi-3's fused ones (qkv_proj: d → q+2kv,
+gate_up_proj: d → 2m), the decoder of a multimodal config's `text_config` (its vision tower is
+not counted), and any `head_dim`. Only the Llama layout was measured; the fused layout holds the
+same weights and activations in fewer, larger matrices. What it refuses (`Shape.from_config`
+raises ValueError, and the run falls back to safe settings): mixture-of-experts configs (every
+expert's weights would count, but how many tokens each expert holds activations for, and
+Unsloth's expert kernels, were never measured) and any other `model_type`, whose projection
+names and sizes are unknown here.
+
+Vocabularies: every point was measured at 49,152 entries. The embedding and LM head are counted
+exactly (16-bit even on a 4-bit base, once if tied), but the logits term (Unsloth's chunked
+loss) was not measured at the 128k-262k vocabularies of Llama 3, Qwen or Gemma, so beyond
+49,152 the excess entries count twice (`Coefficients.vocab_margin`, a stated margin, not a fit).
+
 Its coefficients are fitted to peaks measured on an H200 (torch 2.11, transformers 5.17.0,
 unsloth 2026.10.9; random-init Llamas, sequence 2,048, LoRA r=16 on all projections):
 `CALIBRATION` keeps those points and tests/test_plan.py checks the estimate against them.
@@ -33,6 +48,16 @@ from pathlib import Path
 
 GiB = 2**30
 ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+AUTO_TARGETS = ("auto",)  # every linear projection of the decoder layers, whatever their names
+# config.json model types whose decoder layers have Llama's seven projections (text_config's
+# own model_type counts for multimodal configs; a config without one is taken for a Llama).
+LLAMA_LAYOUT = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
+                          "gemma3_text", "granite", "olmo", "olmo2", "cohere", "cohere2", "smollm3"})
+FUSED_LAYOUT = frozenset({"phi3"})  # qkv_proj, o_proj, gate_up_proj, down_proj
+# Keys that give a mixture-of-experts config's expert count (Qwen-MoE, Mixtral, DeepSeek, DBRX,
+# gpt-oss, Llama 4...).
+EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+CALIBRATED_VOCAB = 49152  # the vocabulary of every measured point
 MODES = ("off", "on", "unsloth")  # gradient checkpointing: none, recompute, recompute + offload
 # GPU time per mode, relative to none (7.38B, H200, 4 rows: 16,036 vs 11,159 tokens/s offloaded).
 MODE_COST = {"off": 1.0, "on": 1.44, "unsloth": 1.44}
@@ -57,13 +82,19 @@ class Shape:
     head_dim: int
     vocab: int
     tied: bool
+    layout: str = "llama"  # "llama" or "phi3" (fused qkv_proj and gate_up_proj)
 
     @classmethod
     def from_config(cls, cfg: dict) -> Shape:
+        outer = cfg
         cfg = cfg.get("text_config") or cfg  # multimodal configs nest the decoder
+        kind = str(cfg.get("model_type") or outer.get("model_type") or "llama")
+        experts = _experts(cfg) or _experts(outer)
+        if experts:
+            raise ValueError(f"cannot plan a mixture-of-experts model ({experts}): memory not modelled")
         try:
             d, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-            return cls(
+            shape = cls(
                 hidden=d,
                 intermediate=int(cfg.get("intermediate_size") or 4 * d),
                 layers=int(cfg["num_hidden_layers"]),
@@ -72,15 +103,28 @@ class Shape:
                 head_dim=int(cfg.get("head_dim") or d // heads),
                 vocab=int(cfg["vocab_size"]),
                 tied=bool(cfg.get("tie_word_embeddings", False)),
+                layout="phi3" if kind in FUSED_LAYOUT else "llama",
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"config.json lacks the decoder dimensions ({exc})") from None
+        if kind not in LLAMA_LAYOUT | FUSED_LAYOUT:
+            raise ValueError(f"cannot plan model_type {kind!r}: its projections are not modelled "
+                             f"(only Llama-style and Phi-3 layers are)")
+        return shape
 
     def _linears(self) -> dict[str, tuple[int, int]]:
+        """Each projection of one decoder layer: name → (in, out) features."""
         d, m = self.hidden, self.intermediate
         q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if self.layout == "phi3":
+            return {"qkv_proj": (d, q + 2 * kv), "o_proj": (q, d),
+                    "gate_up_proj": (d, 2 * m), "down_proj": (m, d)}
         return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
                 "gate_proj": (d, m), "up_proj": (d, m), "down_proj": (m, d)}
+
+    @property
+    def largest_linear(self) -> int:
+        return max(i * o for i, o in self._linears().values())
 
     @property
     def linear_params(self) -> int:
@@ -99,8 +143,26 @@ class Shape:
         return 4 * self.params + 6 * lora + 12 * self.layers * self.hidden * seq
 
     def lora_params(self, r: int, targets: tuple[str, ...] = ALL_TARGETS) -> int:
+        """Adapter parameters on the named projections (names this layout lacks add nothing, as
+        in PEFT); `("auto",)` or `()`: on every projection of the layers."""
         shapes = self._linears()
+        if tuple(targets) in (AUTO_TARGETS, ()):
+            targets = tuple(shapes)
         return self.layers * sum(r * sum(shapes[t]) for t in targets if t in shapes)
+
+
+def _experts(cfg: dict) -> str:
+    """'N experts' for a mixture-of-experts config, 'experts' if the count is unnamed, else ''."""
+    for key in EXPERT_KEYS:
+        n = cfg.get(key)
+        if isinstance(n, int) and n > 1:
+            return f"{n} experts"
+    ffn = cfg.get("ffn_config")  # DBRX nests it
+    if isinstance(ffn, dict) and _experts(ffn):
+        return _experts(ffn)
+    if cfg.get("moe_intermediate_size") or "moe" in str(cfg.get("model_type", "")):
+        return "experts"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -112,9 +174,13 @@ class Coefficients:
     fixed_gib: float
     buffer_weights: float  # dequantization buffers, in units of the largest weight at 16-bit
     embedding_bytes: int  # the plain stack upcasts embeddings to fp32 for k-bit training
+    # Vocabulary entries beyond CALIBRATED_VOCAB count (1 + this) times in the logits term.
+    vocab_margin: float = 0.0
 
 
-KIT = Coefficients(0.667, 0.625, 0.036, 4.16, 2)
+# Unsloth's chunked loss was measured at 49,152 entries only: a margin beyond (module docstring).
+KIT = Coefficients(0.667, 0.625, 0.036, 4.16, 2, vocab_margin=1.0)
+# transformers' loss materializes every logit in fp32: linear in the vocabulary, no margin.
 PLAIN = Coefficients(1.74, 3.99, 0.0, 4.16, 4)
 
 # Measured peaks (GiB) the coefficients were fitted to: (stack, dims, checkpointing, micro-batch).
@@ -184,6 +250,7 @@ def estimate(shape: Shape, setting: Setting, *, r: int = 16, targets: tuple[str,
              four_bit: bool = True, coef: Coefficients = KIT) -> Estimate:
     """Predicted peak memory of one training step, split by part."""
     d, m = shape.hidden, shape.intermediate
+    vocab = shape.vocab + coef.vocab_margin * max(shape.vocab - CALIBRATED_VOCAB, 0)
     layer_bytes = coef.activation_scale * 2 * (8 * d + 4 * m)
     kept = shape.layers if setting.checkpointing == "off" else 1
     stash = shape.layers * d * 2 if setting.checkpointing == "on" else 0
@@ -194,8 +261,8 @@ def estimate(shape: Shape, setting: Setting, *, r: int = 16, targets: tuple[str,
                     + shape.embedding_params * coef.embedding_bytes) / GiB,
         "LoRA+optimizer": shape.lora_params(r, targets) * LORA_BYTES / GiB,
         "activations": tokens * (layer_bytes * kept + stash) / GiB,
-        "logits": tokens * coef.logit_bytes * shape.vocab / GiB,
-        "overhead": coef.fixed_gib + coef.buffer_weights * d * m * 2 / GiB,
+        "logits": tokens * coef.logit_bytes * vocab / GiB,
+        "overhead": coef.fixed_gib + coef.buffer_weights * shape.largest_linear * 2 / GiB,
     }, host_gib=offloaded)
 
 
@@ -265,12 +332,12 @@ def choose(shape: Shape, *, budget_gib: float, batch_size: int, seq: int,
         hint = (f"gradient_checkpointing={_key(s.checkpointing)} micro_batch_size={s.micro_batch} "
                 f"fits (~{e.total:.1f} GiB), or leave both on auto")
     else:
-        def need(n: int) -> float:  # GPU memory at length n, for modes whose offload fits the host
+        def need_at(n: int) -> float:  # GPU memory at length n, for modes whose offload fits the host
             ests = [estimate(shape, Setting(c, 1, batch_size, n), r=r, targets=targets, four_bit=four_bit)
                     for c in cp]
             return min((e.total for e in ests if e.host_gib <= host_gib), default=math.inf)
 
-        longest = _longest_fitting(need, budget_gib, seq)
+        longest = _longest_fitting(need_at, budget_gib, seq)
         if longest:
             hint = f"max_seq_length={longest} fits with micro-batch 1"
         else:

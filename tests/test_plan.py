@@ -78,6 +78,7 @@ def test_explicit_settings_win_or_name_what_fits():
 def test_too_long_for_a_t4_names_the_longest_that_fits():
     p = plan.choose(LLAMA_8B, budget_gib=usable(16), batch_size=4, seq=65536)
     assert not p.fits and "\n" not in p.message
+    assert p.message.startswith("does not fit: needs ~") and "GiB is usable" in p.message
     longest = int(p.message.split("max_seq_length=")[1].split()[0])
     assert 16384 <= longest < 65536 and longest % 128 == 0
     assert plan.choose(LLAMA_8B, budget_gib=usable(16), batch_size=4, seq=longest).fits
@@ -176,3 +177,155 @@ def test_offloading_must_fit_the_host_too():
     assert not t4.fits and "max_seq_length=" in t4.message
     longest = int(t4.message.split("max_seq_length=")[1].split()[0])
     assert plan.choose(LLAMA_8B, budget_gib=usable(16), batch_size=1, seq=longest, host_gib=6.0).fits
+
+
+def test_coefficients_predict_points_held_out_of_the_fit():
+    # Refit the kit's four coefficients without one 8B point (the estimate is linear in them) and
+    # predict that point. The lone 1B point is kept in every fit: only it separates the fixed
+    # part from the dequantization buffers.
+    import numpy as np
+
+    points = [(dims, mode, micro, gib) for stack, dims, mode, micro, gib in plan.CALIBRATION
+              if stack == "kit"]
+
+    def total(coef, dims, mode, micro):
+        setting = plan.Setting(mode, micro, 1, 2048)
+        return plan.estimate(plan.Shape.from_config(dims), setting, coef=coef).total
+
+    emb = plan.KIT.embedding_bytes
+    zero = plan.Coefficients(0, 0, 0, 0, emb)
+    units = [plan.Coefficients(*(float(j == i) for j in range(4)), emb) for i in range(4)]
+    x = np.array([[total(u, *p[:3]) - total(zero, *p[:3]) for u in units] for p in points])
+    y = np.array([p[3] - total(zero, *p[:3]) for p in points])
+    for i, (dims, mode, micro, measured) in enumerate(points):
+        if dims is not plan.LLAMA_8B:
+            continue
+        keep = np.arange(len(points)) != i
+        coef = np.linalg.lstsq(x[keep], y[keep], rcond=None)[0]
+        predicted = measured - y[i] + x[i] @ coef
+        assert predicted == pytest.approx(measured, rel=0.10), (mode, micro)
+
+
+def _tiny(arch: str, **dims):
+    """A random-init model of `arch` with tiny dimensions, on CPU, and its config as a dict."""
+    import torch
+    import transformers
+
+    config = getattr(transformers, f"{arch}Config")(
+        vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, **dims)
+    torch.manual_seed(0)
+    model_class = getattr(transformers, f"{arch.removesuffix('Text')}ForCausalLM")  # Gemma3TextConfig
+    return model_class(config), config.to_dict()
+
+
+TINY = [("Llama", {"tie_word_embeddings": False}), ("Llama", {"head_dim": 24}),
+        ("Qwen2", {"tie_word_embeddings": True}), ("Phi3", {"tie_word_embeddings": False}),
+        ("Gemma3Text", {"head_dim": 32})]
+
+
+@pytest.mark.parametrize("arch, dims", TINY)
+def test_shape_counts_parameters_of_each_layout(arch, dims):
+    model, config = _tiny(arch, **dims)
+    # Norms and attention biases (Qwen2's) are not counted: a few thousand parameters at 7B.
+    weights = sum(p.numel() for n, p in model.named_parameters()
+                  if "norm" not in n and not n.endswith(".bias"))
+    assert plan.Shape.from_config(config).params == weights
+
+
+def test_phi3_mini_has_fused_projections():
+    phi3 = plan.Shape.from_config({"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192,
+                                   "num_hidden_layers": 32, "num_attention_heads": 32,
+                                   "num_key_value_heads": 32, "vocab_size": 32064})
+    # Phi-3-mini's 3,821,079,552 parameters, less its 65 norms of 3,072.
+    assert phi3.params == 3_821_079_552 - 65 * 3072
+    assert set(phi3._linears()) == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    assert phi3.lora_params(16, ("qkv_proj",)) == 32 * 16 * (3072 + 3 * 3072)
+
+
+@pytest.mark.parametrize("arch, dims, targets", [
+    ("Phi3", {}, ["qkv_proj", "gate_up_proj"]),
+    ("Phi3", {}, list(plan.ALL_TARGETS)),  # the kit's old default: only o_proj and down_proj exist
+    ("Phi3", {}, "all-linear"),
+    ("Llama", {"head_dim": 24}, "all-linear"),
+    ("Qwen2", {"tie_word_embeddings": True}, "all-linear"),
+])
+def test_lora_parameters_match_peft(arch, dims, targets):
+    from peft import LoraConfig, get_peft_model
+
+    model, config = _tiny(arch, **dims)
+    peft_model = get_peft_model(model, LoraConfig(r=8, target_modules=targets))
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    kit_targets = plan.AUTO_TARGETS if targets == "all-linear" else tuple(targets)
+    assert plan.Shape.from_config(config).lora_params(8, kit_targets) == trainable
+
+
+def test_auto_targets_are_every_projection():
+    assert LLAMA_8B.lora_params(16, ("auto",)) == LLAMA_8B.lora_params(16, ()) == LLAMA_8B.lora_params(16)
+
+
+MOE_CONFIGS = [("Qwen3Moe", 128), ("Mixtral", 8), ("GptOss", 128), ("DeepseekV3", 256)]
+
+
+@pytest.mark.parametrize("arch, experts", MOE_CONFIGS)
+def test_mixture_of_experts_is_refused_plainly(arch, experts):
+    import transformers
+
+    config = getattr(transformers, f"{arch}Config")().to_dict()
+    with pytest.raises(ValueError, match=rf"^cannot plan a mixture-of-experts model \({experts} experts\)"):
+        plan.Shape.from_config(config)
+    with pytest.raises(ValueError, match="mixture-of-experts"):  # nested, as in Llama 4
+        plan.Shape.from_config({"model_type": "llama4", "text_config": config})
+
+
+def test_unknown_layouts_are_refused():
+    with pytest.raises(ValueError, match="^cannot plan model_type 'gpt_neox': its projections are not"):
+        plan.Shape.from_config({**plan.LLAMA_8B, "model_type": "gpt_neox"})
+    gemma3 = {"model_type": "gemma3", "text_config": {**plan.LLAMA_1B, "model_type": "gemma3_text"}}
+    assert plan.Shape.from_config(gemma3) == plan.Shape.from_config(plan.LLAMA_1B)
+
+
+def test_big_vocabularies_get_a_margin():
+    s = plan.Setting("unsloth", 4, 1, 2048)
+    small = plan.estimate(LLAMA_8B, s)
+    gemma_vocab = plan.Shape.from_config({**plan.LLAMA_8B, "vocab_size": 262144})
+    big = plan.estimate(gemma_vocab, s)
+    # Embedding and head at 16 bits, exactly; logits more than linear beyond the measured 49,152.
+    extra_embedding = (262144 - 49152) * 4096 * 2 * 2 / 2**30  # untied: embedding and head
+    assert big.parts["weights"] - small.parts["weights"] == pytest.approx(extra_embedding)
+    assert big.parts["logits"] > small.parts["logits"] * 262144 / 49152 * 1.5
+    assert plan.estimate(gemma_vocab, s, coef=plan.PLAIN).parts["logits"] == pytest.approx(
+        plan.estimate(LLAMA_8B, s, coef=plan.PLAIN).parts["logits"] * 262144 / 49152)
+
+
+@pytest.fixture
+def config_only_moe(tmp_path):
+    """A Mixtral-shaped config.json without weights: a model the plan refuses."""
+    import json
+
+    import transformers
+
+    folder = tmp_path / "mixtral"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(transformers.MixtralConfig().to_dict()))
+    return folder
+
+
+def test_unplanned_model_falls_back_to_safe_settings(config_only_moe, capsys):
+    from kit import models
+
+    cfg = apply_overrides(RecipeConfig(), [f"model={config_only_moe}", "gpu_memory_gib=14.6", "batch_size=4"])
+    assert models.show_plan(cfg) is None
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    assert ("cannot plan a mixture-of-experts model (8 experts): memory not modelled; using safe settings: "
+            "offloaded checkpointing, micro-batch 1 × 4 accumulation") in out
+    gpu = models.Device("cuda", "T4", 15.0, True)
+    settings = models.decide_settings(cfg, gpu)
+    choice = models.resolve_model(cfg.model, gpu, progress=lambda _: None)
+    lines = []
+    assert models.read_shape(choice, lines.append, settings, cfg) is None and len(lines) == 1
+    assert (settings.gradient_checkpointing, settings.micro_batch, settings.grad_accum) == ("unsloth", 1, 4)
+    explicit = apply_overrides(cfg, ["micro_batch_size=2", "gradient_checkpointing=true"])
+    settings = models.decide_settings(explicit, gpu)
+    models.read_shape(choice, lines.append, settings, explicit)
+    assert (settings.gradient_checkpointing, settings.micro_batch, settings.grad_accum) == (True, 2, 2)
