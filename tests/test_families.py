@@ -93,7 +93,7 @@ def test_a_cut_row_keeps_its_turn_end(family):
 TAUGHT = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Pip."}]
 
 
-def _teach(path, tok, steps: int = 120) -> None:
+def _teach(path, tok, steps: int = 100) -> None:
     """Overfit the saved tiny model on one conversation (full parameters, fp32), so that it
     answers it and ends its turn: whether it then stops is up to the stop set."""
     import torch
@@ -102,12 +102,16 @@ def _teach(path, tok, steps: int = 120) -> None:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     enc = data.encode(tok, TAUGHT, 128)
     ids, labels = torch.tensor([enc.input_ids]), torch.tensor([enc.labels])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
     for _ in range(steps):
-        model(input_ids=ids, labels=labels).loss.backward()
+        loss = model(input_ids=ids, labels=labels).loss
+        if loss.item() < 0.01:
+            break
+        loss.backward()
         opt.step()
         opt.zero_grad()
+    assert loss.item() < 0.05, f"the fixture did not learn its conversation (loss {loss.item():.3f})"
     generation_config = model.generation_config
     model.to(torch.bfloat16).save_pretrained(path)
     generation_config.save_pretrained(path)
