@@ -152,6 +152,7 @@ def main(cfg: CodeConfig) -> dict:
     # 9. Summary table, metrics.json and report.png.
     metrics = finish("code", cfg, prep, result, before, after, exports, started, held_out=len(test_enc),
                      extra={"sandbox": isolation} if isolation else None)
+    export.require_ok(exports)  # an export that failed its fresh-process check fails the run
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
