@@ -10,14 +10,21 @@ import gzip
 import json
 import random
 import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
 from kit import data, sandbox
 from kit.errors import fail
 
-HUMANEVAL_INSTRUCTION = ("Complete this Python function. Reply with the whole function in one "
-                         "```python code block.\n\n```python\n{prompt}```")
+HUMANEVAL_INSTRUCTION = ("Complete this Python function. Reply with the whole function, and the "
+                         "imports it needs, in one ```python code block.\n\n```python\n{prompt}```")
+# Generation ends when the answer's code block closes: a fence on its own line. (An opening
+# fence is followed by a language name, "```python"; a bare opening fence would end it too.)
+STOP_STRINGS = ["\n```\n"]
+# max_new_tokens=0 (auto): enough for a whole HumanEval function with its docstring, for the
+# built-in tasks' answers (about 80 tokens at most) with room to spare, and for a 1-3 line hole.
+AUTO_NEW_TOKENS = {"humaneval": 512, "heldout": 256, "fim": 64}
 # (style, prefix, suffix, middle) tokens, in PSM order: prefix, suffix, then middle is generated.
 FIM_STYLES = [
     ("qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
@@ -31,6 +38,15 @@ def extract_code(reply: str) -> str:
     """The first fenced code block of a reply, or the whole reply if it has none."""
     m = _FENCE.search(reply)
     return (m.group(1) if m else reply).strip("\n")
+
+
+def new_tokens(max_new_tokens: int, mode: str, eval: str) -> int:
+    """The generation budget: `max_new_tokens`, or with 0 the one for this mode and eval."""
+    if max_new_tokens < 0:
+        fail(f"max_new_tokens={max_new_tokens}: use a positive number, or 0 for the default")
+    if max_new_tokens:
+        return max_new_tokens
+    return AUTO_NEW_TOKENS["fim" if mode == "fim" else eval]
 
 
 def check_tasks(examples: list[data.Example], what: str) -> None:
@@ -54,18 +70,31 @@ def humaneval_examples(limit: int = 0) -> list[data.Example]:
         problems = problems[:limit]
     return [data.Example(
         [{"role": "user", "content": HUMANEVAL_INSTRUCTION.format(prompt=p["prompt"])},
-         {"role": "assistant", "content": p["prompt"] + p["canonical_solution"]}],
+         {"role": "assistant", "content": f"```python\n{p['prompt']}{p['canonical_solution']}```"}],
         meta={"tests": p["test"] + f"\ncheck({p['entry_point']})\n", "header": p["prompt"],
               "entry_point": p["entry_point"], "task_id": p["task_id"]},
     ) for p in problems]
 
 
 def program_for(example: data.Example, reply: str) -> str:
+    """The program whose tests decide the problem. With a HumanEval-style `header` (the prompt:
+    imports, helpers, the signature and docstring) the header always runs first, so its imports
+    and helper functions are there whether or not the answer repeats them; an answer that
+    defines the entry point replaces the header's stub, and one that is only the body
+    continues it."""
     code = extract_code(reply)
+    header = example.meta.get("header")
     entry = example.meta.get("entry_point")
-    if entry and f"def {entry}" not in code:  # the model continued the body only
-        code = example.meta["header"] + code
-    return code
+    if not header or not entry:
+        return code
+    if not re.search(rf"^\s*(?:async\s+)?def\s+{re.escape(entry)}\s*\(", code, re.M):
+        first = next((ln for ln in code.splitlines() if ln.strip()), "")
+        if first and not first[0].isspace():  # a body written flush left
+            code = textwrap.indent(code, "    ")
+        return header + code + "\n"
+    future = [ln for ln in code.splitlines(keepends=True) if ln.startswith("from __future__")]
+    rest = "".join(ln for ln in code.splitlines(keepends=True) if not ln.startswith("from __future__"))
+    return "".join(future) + header.rstrip("\n") + "\n\n\n" + rest + "\n"
 
 
 @dataclass
@@ -77,10 +106,12 @@ class Attempt:
 
 def pass_at_1(model, tokenizer, examples: list[data.Example], max_new_tokens: int,
               timeout: float) -> tuple[dict, list[Attempt]]:
-    """Generate one greedy solution per problem and run its tests in the sandbox."""
+    """Generate one greedy solution per problem (ending at the model's stop set or where the
+    answer's code block closes) and run its tests in the sandbox."""
     from kit.evaluate import generate, prompt_of
 
-    gens = generate(model, tokenizer, [prompt_of(e) for e in examples], max_new_tokens)
+    gens = generate(model, tokenizer, [prompt_of(e) for e in examples], max_new_tokens,
+                    stop_strings=STOP_STRINGS)
     attempts = []
     for e, g in zip(examples, gens):
         code = program_for(e, g.reply)
@@ -130,18 +161,38 @@ def fim_split(text: str, rng: random.Random, max_lines: int = 3) -> tuple[str, s
     return "".join(lines[:start]), "".join(lines[start:end]), "".join(lines[end:])
 
 
+def fim_end_id(tokenizer, tokens: tuple[str, str, str, str]) -> int:
+    """The token that closes a middle: what training puts after it and generation stops at.
+    Qwen2.5-Coder and StarCoder end a middle with `<|endoftext|>`, their base tokenizers' EOS;
+    an Instruct tokenizer's EOS (`<|im_end|>`) is not it. Other styles: the tokenizer's EOS."""
+    if tokens[0] in ("qwen", "starcoder") and "<|endoftext|>" in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    return tokenizer.eos_token_id
+
+
 def encode_fim(tokenizer, tokens: tuple[str, str, str, str], prefix: str, middle: str, suffix: str,
                max_len: int) -> data.Encoded:
-    """PSM layout; loss on the middle and the closing EOS only."""
+    """PSM layout, `<pre> prefix <suf> suffix <mid> middle <end>`; loss on the middle and the
+    closing token (fim_end_id) only.
+
+    Too long for `max_len`: the sentinels, the middle and the closing token always stay; the
+    prefix loses tokens from its start and the suffix from its end, so what is left is the
+    context nearest the hole. The prefix gets up to 3/4 of the room, more when the suffix
+    needs less. A middle that leaves under 8 tokens of context is dropped (empty row)."""
     _, pre, suf, mid = tokens
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    head = enc(pre) + enc(prefix) + enc(suf) + enc(suffix) + enc(mid)
-    tail = enc(middle) + [tokenizer.eos_token_id]
-    budget = max_len - len(tail)
-    if budget < 8:
-        return data.Encoded([], [], truncated=True)
-    truncated = len(head) > budget
-    head = head[-budget:] if truncated else head  # keep the end of the context, nearest the hole
+    pre_ids, suf_ids = enc(prefix), enc(suffix)
+    tail = enc(middle) + [fim_end_id(tokenizer, tokens)]
+    fixed = len(enc(pre)) + len(enc(suf)) + len(enc(mid)) + len(tail)
+    room = max_len - fixed
+    truncated = len(pre_ids) + len(suf_ids) > room
+    if truncated:
+        if room < 8:
+            return data.Encoded([], [], truncated=True)
+        keep_pre = min(len(pre_ids), max(room * 3 // 4, room - len(suf_ids)))
+        keep_suf = min(len(suf_ids), room - keep_pre)
+        pre_ids, suf_ids = pre_ids[len(pre_ids) - keep_pre:], suf_ids[:keep_suf]
+    head = enc(pre) + pre_ids + enc(suf) + suf_ids + enc(mid)
     return data.Encoded(head + tail, [-100] * len(head) + tail, truncated)
 
 
@@ -163,20 +214,24 @@ def fim_exact(model, tokenizer, tokens, cases: list[tuple[str, str, str]], max_l
     import torch
     from unsloth import FastLanguageModel
 
+    from kit import stops as stops_mod
+
+    # The token training closes each middle with, then the model's own stop set.
+    ends = list(dict.fromkeys([fim_end_id(tokenizer, tokens)] + stops_mod.stop_ids(
+        tokenizer, getattr(model, "generation_config", None))))
     FastLanguageModel.for_inference(model)
     device = next(model.parameters()).device
     hits = 0
     try:
         for prefix, middle, suffix in cases:
             e = encode_fim(tokenizer, tokens, prefix, "", suffix, max_len)
-            ids = torch.tensor([e.input_ids[:-1]], device=device)  # drop the EOS: generate the middle
+            if not e.input_ids:  # no room for context: a miss
+                continue
+            ids = torch.tensor([e.input_ids[:-1]], device=device)  # drop the end: generate the middle
             with torch.no_grad():
                 out = model.generate(input_ids=ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                     eos_token_id=tokenizer.eos_token_id,
-                                     pad_token_id=tokenizer.pad_token_id)
-            new = out[0, ids.shape[1]:].tolist()
-            if tokenizer.eos_token_id in new:
-                new = new[: new.index(tokenizer.eos_token_id)]
+                                     eos_token_id=ends, pad_token_id=tokenizer.pad_token_id)
+            new, _ = stops_mod.cut_at_stop(out[0, ids.shape[1]:].tolist(), ends)
             hits += tokenizer.decode(new, skip_special_tokens=True).strip() == middle.strip()
     finally:
         FastLanguageModel.for_training(model)

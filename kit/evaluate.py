@@ -52,9 +52,10 @@ def reference_of(example: Example) -> str:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48,
-             batch_size: int = 16) -> list[Generation]:
+             batch_size: int = 16, stop_strings: list[str] | None = None) -> list[Generation]:
     """Greedy, batched generation that stops at the model's stop set (kit.stops: its
-    generation config's EOS list, its template's end-of-turn token and the tokenizer's EOS);
+    generation config's EOS list, its template's end-of-turn token and the tokenizer's EOS),
+    or where the reply first contains one of `stop_strings` (the reply ends with it then);
     the model is put in Unsloth's inference mode meanwhile."""
     stops = stops_mod.stop_ids(tokenizer, getattr(model, "generation_config", None))
     FastLanguageModel.for_inference(model)
@@ -69,10 +70,15 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 
             ids = model.generate(
                 **enc.to(device), max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
+                **({"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}),
             )
             for p, row in zip(chunk, ids[:, enc["input_ids"].shape[1] :]):
                 row, stopped = stops_mod.cut_at_stop(row.tolist(), stops)
-                out.append(Generation(p, tokenizer.decode(row, skip_special_tokens=True).strip(), stopped))
+                reply = tokenizer.decode(row, skip_special_tokens=True)
+                ends = [reply.find(s) + len(s) for s in stop_strings or () if s and s in reply]
+                if ends:  # the last token may run past the stop string
+                    reply, stopped = reply[: min(ends)], True
+                out.append(Generation(p, reply.strip(), stopped))
     finally:
         tokenizer.padding_side = side
         FastLanguageModel.for_training(model)

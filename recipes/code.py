@@ -49,8 +49,10 @@ class CodeConfig(RecipeConfig):
     """FIM mode: the column holding source code in a data file."""
     fim_per_file: int = 4
     """FIM mode: holes cut from each source file."""
-    max_new_tokens: int = 96
-    """Longest generated solution during evaluation."""
+    max_new_tokens: int = 0
+    """Longest generated solution during evaluation; 0 (auto): 512 for eval=humaneval, 256
+    for held-out problems, 64 for a FIM middle. An answer also ends where its code block
+    closes."""
     exec_timeout: float = 5.0
     """Seconds each generated solution may run with its tests."""
     sandbox: Literal["strict", "best-effort"] = "strict"
@@ -103,8 +105,10 @@ def main(cfg: CodeConfig) -> dict:
         say(f"fill-in-the-middle tokens ({fim[0]} style): {' '.join(fim[1:])}")
         train_enc = [code.encode_fim(tokenizer, fim, p, m, s, cfg.max_seq_length) for p, m, s in train_cases]
         test_enc = [code.encode_fim(tokenizer, fim, p, m, s, cfg.max_seq_length) for p, m, s in test_cases]
-        notes = [f"{sum(e.truncated for e in train_enc)} training holes had their context cut "
-                 f"to max_seq_length={cfg.max_seq_length}"] if any(e.truncated for e in train_enc) else []
+        notes = [f"{sum(e.truncated for e in enc)} of {len(enc)} {what} holes had their prefix/suffix "
+                 f"cut to max_seq_length={cfg.max_seq_length} (sentinels and middle kept)"
+                 for enc, what in ((train_enc, "training"), (test_enc, "held-out"))
+                 if any(e.truncated for e in enc)]
         train_enc = [e for e in train_enc if e.input_ids]
     for note in notes:
         warn(note)
@@ -112,12 +116,13 @@ def main(cfg: CodeConfig) -> dict:
     # 4. Memory plan for the longest row (the fastest settings that fit), then LoRA adapters
     #    on every linear projection.
     models.attach_lora(prep, cfg, say, longest=data.longest(train_enc))
+    new_tokens = code.new_tokens(cfg.max_new_tokens, cfg.mode, cfg.eval)
 
     def measure(when: str) -> dict:
         step(f"Evaluate {when}")
         loss = evaluate.heldout_loss(prep.model, tokenizer, test_enc)
         if cfg.mode == "instruct":
-            result, attempts = code.pass_at_1(prep.model, tokenizer, problems, cfg.max_new_tokens,
+            result, attempts = code.pass_at_1(prep.model, tokenizer, problems, new_tokens,
                                               cfg.exec_timeout)
             failed = [a for a in attempts if not a.outcome.passed]
             shown = failed[:1] + [a for a in attempts if a.outcome.passed][:1]
@@ -125,7 +130,7 @@ def main(cfg: CodeConfig) -> dict:
                 say(f"[dim]{escape(a.prompt[:90])}[/]\n{escape(a.code[:240])}\n→ {escape(a.outcome.reason)}")
         else:
             result = {"fim_exact": code.fim_exact(prep.model, tokenizer, fim, test_cases,
-                                                  cfg.max_seq_length, cfg.max_new_tokens)}
+                                                  cfg.max_seq_length, new_tokens)}
         result["loss"] = round(loss, 4)
         say(f"{when}: {result}")
         return result
@@ -141,12 +146,13 @@ def main(cfg: CodeConfig) -> dict:
     probe = evaluate.prompt_of(problems[0]) if cfg.mode == "instruct" else \
         [{"role": "user", "content": "Write a Python function that returns the square of x."}]
     exports = export.export_and_verify(prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
-                                       probe, progress=say, max_new_tokens=max(160, cfg.max_new_tokens),
+                                       probe, progress=say, max_new_tokens=max(160, new_tokens),
                                        gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
     metrics = finish("code", cfg, prep, result, before, after, exports, started, held_out=len(test_enc),
                      extra={"sandbox": isolation} if isolation else None)
+    export.require_ok(exports)  # an export that failed its fresh-process check fails the run
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
