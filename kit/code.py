@@ -207,6 +207,13 @@ def fim_examples(texts: list[str], per_text: int, seed: int) -> list[tuple[str, 
     return out
 
 
+def fim_prompt(tokenizer, tokens, case: tuple[str, str, str], max_len: int) -> str:
+    """A held-out hole as the raw text a FIM model completes (sentinels included)."""
+    prefix, _, suffix = case
+    ids = encode_fim(tokenizer, tokens, prefix, "", suffix, max_len).input_ids[:-1]  # no closing token
+    return tokenizer.decode(ids, skip_special_tokens=False)
+
+
 def fim_exact(model, tokenizer, tokens, cases: list[tuple[str, str, str]], max_len: int,
               max_new_tokens: int = 64) -> float:
     """Share of held-out holes whose generated middle equals the original (ignoring

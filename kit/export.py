@@ -142,9 +142,7 @@ def verify(kind: str, path: Path, prompt: list[dict], max_new_tokens: int = 64,
 def save_gguf(model, tokenizer, output_dir: Path, quant: str, merged: Path | None, progress=print) -> Path:
     """A GGUF converted from the merged model: the one just exported, or a temporary one that is
     removed afterwards (a GGUF-only run should not leave a 16-bit copy on a 20 GB Kaggle disk)."""
-    from kit import gguf
-
-    from kit import stops
+    from kit import gguf, stops
 
     stop_tokens = stops.stop_tokens(tokenizer, generation_config(model, tokenizer).eos_token_id)
     if merged is not None:

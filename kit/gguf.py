@@ -301,7 +301,7 @@ def _child_quantize(src: str, dst: str, quant: str) -> int:
     return 0 if rc == 0 else 1
 
 
-def _child_verify(path: str, prompt: list[dict], max_new_tokens: int) -> int:
+def _child_verify(path: str, prompt: list[dict] | str, max_new_tokens: int) -> int:
     start = time.perf_counter()
     from llama_cpp import Llama
 
@@ -309,12 +309,17 @@ def _child_verify(path: str, prompt: list[dict], max_new_tokens: int) -> int:
     loaded = time.perf_counter() - start
     # create_chat_completion renders the GGUF's own tokenizer.chat_template (as llama.cpp's
     # server does) and stops at the vocabulary's end-of-generation tokens.
-    out = llm.create_chat_completion(messages=prompt, max_tokens=max_new_tokens, temperature=0.0,
-                                     top_k=1, seed=0)
+    if isinstance(prompt, str):  # raw text (a fill-in-the-middle prompt): no chat template
+        out = llm(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1, seed=0)
+        reply = out["choices"][0].get("text") or ""
+    else:
+        out = llm.create_chat_completion(messages=prompt, max_tokens=max_new_tokens, temperature=0.0,
+                                         top_k=1, seed=0)
+        reply = out["choices"][0]["message"].get("content") or ""
     choice = out["choices"][0]
     print(json.dumps({
         "kind": "gguf",
-        "reply": (choice["message"].get("content") or "").strip(),
+        "reply": reply.strip(),
         "stopped": choice.get("finish_reason") == "stop",
         "finish_reason": choice.get("finish_reason"),
         "chat_format": llm.chat_format,

@@ -1,6 +1,7 @@
 """Load an exported model the way a user without this kit would, and generate once.
 
     python -m kit.verify adapter|merged PATH '[{"role": "user", "content": "Hi"}]' [MAX_NEW_TOKENS]
+    python -m kit.verify adapter|merged PATH '"<fim_prefix>def f(x):<fim_suffix>..."'   # raw text
 
 Prints one JSON line: the reply, whether generation stopped at one of the folder's own stop
 tokens (its `generation_config.json` EOS list, as transformers uses it; nothing is passed to
@@ -55,7 +56,10 @@ def main(argv: list[str]) -> int:
     config = GenerationConfig.from_pretrained(path) if own.is_file() else model.generation_config
     eos = config.eos_token_id
     eos = [eos] if isinstance(eos, int) else list(eos or [])
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    # A conversation goes through the folder's chat template; a string (a fill-in-the-middle
+    # prompt) is the text itself.
+    text = prompt if isinstance(prompt, str) else tokenizer.apply_chat_template(
+        prompt, tokenize=False, add_generation_prompt=True)
     enc = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
     with torch.no_grad():
         out = model.generate(**enc, generation_config=config, max_new_tokens=max_new_tokens,

@@ -143,8 +143,9 @@ def main(cfg: CodeConfig) -> dict:
 
     # 8. Export; reload each result in a fresh process and answer a held-out task.
     step("Export")
+    # The check asks what the recipe taught: a held-out task, or a held-out hole to fill.
     probe = evaluate.prompt_of(problems[0]) if cfg.mode == "instruct" else \
-        [{"role": "user", "content": "Write a Python function that returns the square of x."}]
+        code.fim_prompt(tokenizer, fim, test_cases[0], cfg.max_seq_length)
     exports = export.export_and_verify(prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
                                        probe, progress=say, max_new_tokens=max(160, new_tokens),
                                        gguf_quant=cfg.gguf_quant)

@@ -24,7 +24,7 @@ from kit.embedded import cache_root
 
 SDIST_VERSION = "0.3.36"
 MODELS = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/models"
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 
 # Byte-level BPE pre-tokenizer patterns, by the GGUF's `tokenizer.ggml.pre`.
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -92,10 +92,49 @@ def assets() -> Path:
 
 
 def _fields(path: Path) -> dict:
-    from gguf import GGUFReader
+    """The `tokenizer.*` key-value pairs of a GGUF file. gguf-py's GGUFReader makes a numpy
+    view per array item and takes half a minute on a 280k-merge vocabulary; the format's
+    key-value section is simple enough to read directly (tensors are not needed)."""
+    import struct
 
-    fields = GGUFReader(str(path)).fields
-    return {k: fields[k].contents() for k in fields if k.startswith("tokenizer.")}
+    buf = path.read_bytes()
+    if buf[:4] != b"GGUF":
+        raise ValueError(f"{path} is not a GGUF file")
+    scalars = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+    pos = 8  # magic, version
+    _, n_kv = struct.unpack_from("<QQ", buf, pos)
+    pos += 16
+
+    def string() -> str:
+        nonlocal pos
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        pos += 8 + n
+        return buf[pos - n:pos].decode("utf-8", errors="replace")
+
+    def value(kind: int):
+        nonlocal pos
+        if kind == 8:
+            return string()
+        if kind == 9:
+            item, count = struct.unpack_from("<IQ", buf, pos)
+            pos += 12
+            if item in scalars:
+                fmt = f"<{count}{scalars[item]}"
+                out = list(struct.unpack_from(fmt, buf, pos))
+                pos += struct.calcsize(fmt)
+                return out
+            return [value(item) for _ in range(count)]
+        (out,) = struct.unpack_from("<" + scalars[kind], buf, pos)
+        pos += struct.calcsize(scalars[kind])
+        return out
+
+    out = {}
+    for _ in range(n_kv):
+        key = string()
+        (kind,) = struct.unpack_from("<I", buf, pos)
+        pos += 4
+        out[key] = value(kind)
+    return {k: v for k, v in out.items() if k.startswith("tokenizer.")}
 
 
 def _spm_merges(vocab: dict[str, int], scores: list[float]) -> list[tuple[str, str]]:
@@ -122,8 +161,11 @@ def build_tokenizer(vocab_file: Path, template: str | None = None):
     kind = f["tokenizer.ggml.model"]
     if kind == "gpt2":
         merges = [tuple(m.split(" ", 1)) for m in f["tokenizer.ggml.merges"]]
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False, fuse_unk=False))
         pre = f.get("tokenizer.ggml.pre")
+        # Llama 3 takes a whole pre-token straight from the vocabulary when it is there
+        # (llama.cpp's `ignore_merges`), before any merging.
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=False, fuse_unk=False,
+                                   ignore_merges=pre == "llama-bpe"))
         if pre not in _SPLITS:
             raise ValueError(f"no pre-tokenizer pattern for {pre!r}")
         if pre == "qwen2":

@@ -27,10 +27,6 @@ CONVERSATION = [
     {"role": "user", "content": "What can you do?"},
     {"role": "assistant", "content": "I answer questions, briefly."},
 ]
-# llama.cpp's Unicode classes count combining marks as letters; the regex transformers runs
-# does not, so this one test string splits differently (llama.cpp's own tokenizer tests list
-# it for Llama 3). Every other string must give llama.cpp's ids exactly.
-KNOWN_DIFFERENCES = {"ggml-vocab-llama-bpe.gguf": {"Cửa Việt"}}
 SPECIAL = {  # (BOS, EOS) a converted tokenizer must carry; conversions have got these wrong
     "llama3": ("<|begin_of_text|>", "<|end_of_text|>"), "qwen2": ("<|endoftext|>", "<|endoftext|>"),
     "qwen3": ("<|endoftext|>", "<|endoftext|>"), "phi3": ("<s>", "<|endoftext|>"),
@@ -48,7 +44,7 @@ def test_tokenizer_matches_llama_cpp(family):
     cases = families.llama_cpp_cases(fam.vocab)
     assert len(cases) > 30
     wrong = [text for text, ids in cases if tok(text, add_special_tokens=False)["input_ids"] != ids]
-    assert set(wrong) <= KNOWN_DIFFERENCES.get(fam.vocab, set()), wrong
+    assert not wrong, wrong
     assert (tok.bos_token, tok.eos_token) == SPECIAL[fam.name]
 
 
@@ -62,7 +58,8 @@ def test_stop_set_holds_the_turn_end(family):
     only_eos = GenerationConfig(eos_token_id=tok.eos_token_id)
     listed = GenerationConfig(eos_token_id=[tok.convert_tokens_to_ids(t) for t in fam.generation_eos])
     assert fam.turn_end in stops.stop_tokens(tok, stops.stop_ids(tok, only_eos))
-    assert set(fam.generation_eos) | {fam.turn_end} == set(stops.stop_tokens(tok, stops.stop_ids(tok, listed)))
+    every = set(stops.stop_tokens(tok, stops.stop_ids(tok, listed)))
+    assert every == set(fam.generation_eos) | {fam.turn_end}
 
 
 def test_trained_tokens_are_exactly_the_replies_and_their_turn_end(family):

@@ -80,7 +80,14 @@ def test_code_recipe_fim_mode(tmp_path, tiny_fim_model_dir):
     proc = run_recipe("code", "mode=fim", f"data={src}", f"model={tiny_fim_model_dir}",
                       "max_steps=3", "eval_fraction=0.25", "max_new_tokens=8", "export=adapter",
                       f"output_dir={out}")
-    m = finished(proc, out)
+    # Three steps cannot teach a random model to close a middle: the export check asks the
+    # adapter to fill a held-out hole, sees it run on, and fails the run (exit 1, one line),
+    # after the metrics and the export are written.
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: export check failed: adapter (")
+    assert "Traceback" not in proc.stderr
+    m = json.loads((out / "metrics.json").read_text())
     assert "starcoder style" in proc.stdout
     assert set(m["after"]) == {"fim_exact", "loss"} and m["train"]["steps"] == 3
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert m["exports"]["adapter"]["ok"] is False
