@@ -265,12 +265,12 @@ def choose(shape: Shape, *, budget_gib: float, batch_size: int, seq: int,
         hint = (f"gradient_checkpointing={_key(s.checkpointing)} micro_batch_size={s.micro_batch} "
                 f"fits (~{e.total:.1f} GiB), or leave both on auto")
     else:
-        def need(n: int) -> float:  # GPU memory at length n, for modes whose offload fits the host
+        def need_at(n: int) -> float:  # GPU memory at length n, for modes whose offload fits the host
             ests = [estimate(shape, Setting(c, 1, batch_size, n), r=r, targets=targets, four_bit=four_bit)
                     for c in cp]
             return min((e.total for e in ests if e.host_gib <= host_gib), default=math.inf)
 
-        longest = _longest_fitting(need, budget_gib, seq)
+        longest = _longest_fitting(need_at, budget_gib, seq)
         if longest:
             hint = f"max_seq_length={longest} fits with micro-batch 1"
         else:
