@@ -175,7 +175,8 @@ def check_targets(target_modules: str, choice: ModelChoice) -> None:
         return
     bad = [n for n in names if n.rsplit(".", 1)[-1] not in known + EMBEDDING_MODULES]
     if bad:
-        fail(f"lora.target_modules: {', '.join(bad)} is not a layer of {choice.label} "
+        verb = "is not a layer" if len(bad) == 1 else "are not layers"
+        fail(f"lora.target_modules: {', '.join(bad)} {verb} of {choice.label} "
              f"({_model_type(choice.path)}); its layers are {','.join(known)} (or all-linear)")
 
 

@@ -133,7 +133,7 @@ def test_model_lacking_the_target_stops_before_it_loads(tmp_path, capsys):
     code = run_cli(recipe("chat").cli, [f"data={tmp_path / 'd.jsonl'}", f"model={tmp_path / 'model'}",
                                         f"output_dir={tmp_path / 'out'}"])
     err = capsys.readouterr().err
-    assert code == 2 and "q_proj, k_proj, v_proj, gate_proj, up_proj is not a layer" in err, err
+    assert code == 2 and "q_proj, k_proj, v_proj, gate_proj, up_proj are not layers" in err, err
     assert "its layers are qkv_proj,o_proj,gate_up_proj,down_proj" in err
     assert not (tmp_path / "out").exists()
 
