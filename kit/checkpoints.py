@@ -19,7 +19,7 @@ from pathlib import Path
 import unsloth  # noqa: F401  (before transformers, so it can patch it)
 from transformers import TrainerCallback
 
-from kit.errors import fail
+from kit.errors import KitError, fail
 
 MARKER = "kit_complete.json"
 RUN_CONFIG = "run_config.json"
@@ -68,10 +68,22 @@ def run_key(cfg) -> dict:
 def claim_output_dir(cfg) -> str:
     """Decide what to do with an existing output_dir (and mirror) before anything is trained.
 
-    Returns "fresh" or "resume". A folder holding another run's config (or, for output_dir,
-    files that are not a run of this kit) is refused unless overwrite=true, which clears the
-    old checkpoints.
+    Returns "fresh" or "resume". The folder is locked for this process first (kit.runlock), so
+    a second run into it stops here. A folder holding another run's config (or, for
+    output_dir, files that are not a run of this kit) is refused unless overwrite=true, which
+    clears the old checkpoints.
     """
+    from kit import runlock
+
+    runlock.acquire(cfg.output_dir)
+    try:
+        return _claim(cfg)
+    except KitError:
+        runlock.release(cfg.output_dir)
+        raise
+
+
+def _claim(cfg) -> str:
     out = Path(cfg.output_dir)
     places = [out] + ([Path(cfg.checkpoint_mirror)] if cfg.checkpoint_mirror else [])
     if cfg.overwrite:
@@ -79,7 +91,9 @@ def claim_output_dir(cfg) -> str:
             shutil.rmtree(checkpoint_dir(place), ignore_errors=True)
             (place / RUN_CONFIG).unlink(missing_ok=True)
         return "fresh"
-    if out.exists() and any(out.iterdir()) and not (out / RUN_CONFIG).is_file():
+    from kit.runlock import LOCK_FILE
+
+    if any(p.name != LOCK_FILE for p in out.iterdir()) and not (out / RUN_CONFIG).is_file():
         fail(f"output_dir {out} is not empty and holds no run of this kit; "
              "choose another output_dir or pass overwrite=true")
     current = json.loads(json.dumps(run_key(cfg)))
@@ -89,12 +103,42 @@ def claim_output_dir(cfg) -> str:
         if not saved.is_file():
             continue
         found = True
-        previous = json.loads(saved.read_text())
+        try:
+            previous = json.loads(saved.read_text())
+        except (OSError, ValueError):
+            fail(f"{saved} is unreadable; pass overwrite=true to start over, or choose another "
+                 "output_dir/checkpoint_mirror")
         if previous != current:
             changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
             fail(f"{place} holds a run with a different config (changed: {', '.join(changed)}); "
                  "pass overwrite=true to replace it, or choose another output_dir/checkpoint_mirror")
     return "resume" if found and cfg.resume == "auto" else "fresh"
+
+
+# What a run that was stopped mid-write leaves in output_dir: export folders being written
+# (kit.export.atomic_dir), the merged scratch copy for a GGUF, metrics/report/config files
+# being replaced, Hub upload staging and the GGUF converter's folder.
+_STALE = (".*.tmp-*", ".*.old", ".merged-for-gguf", ".hub-*", f".{RUN_CONFIG}.tmp", "gguf/.gguf-tmp-*")
+
+
+def remove_stale(output_dir: str | Path) -> str:
+    """Remove what a stopped run left half-written (only once this run holds output_dir's lock,
+    so no live run is writing it); say what went and how much space it freed, or ""."""
+    out = Path(output_dir)
+    found = sorted({p for pattern in _STALE for p in out.glob(pattern)})
+    if not found:
+        return ""
+    size = 0
+    for path in found:
+        files = [path] if not path.is_dir() else [p for p in path.rglob("*") if p.is_file()]
+        size += sum(p.lstat().st_size for p in files if not p.is_symlink() or p == path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    names = ", ".join(str(p.relative_to(out)) for p in found)
+    return (f"removed what an earlier run stopped mid-write left in {out} "
+            f"({size / 2**30:.2f} GiB): {names}")
 
 
 def record_run_config(cfg) -> None:

@@ -13,6 +13,7 @@ the reply only. Prediction computes log P(label | prompt) for each label and sof
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class Labeled:
 def _label_text(value, where: str) -> str:
     if isinstance(value, bool) or value is None or isinstance(value, list | dict):
         fail(f"{where}: label {value!r} is not a string or an integer")
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(f"{where}: label {value!r} is not a class (NaN or Infinity in the file?)")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = str(value).strip()
@@ -84,7 +87,8 @@ def load_labeled(source: str, eval_data: str, eval_fraction: float, text_column:
         notes.append(f"held out {len(held)} examples for evaluation (eval_fraction={eval_fraction})")
     else:
         test_texts, test_labels = _columns(test_rows, eval_data or source, text_column, label_column)
-    label_set = sorted(set(labels), key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
+    # Numbers in numeric order, then text. isdecimal, not isdigit: int() refuses "²" and "³".
+    label_set = sorted(set(labels), key=lambda s: (not s.isdecimal(), int(s) if s.isdecimal() else 0, s))
     if len(label_set) < 2:
         fail(f"{source}: only one class ({label_set[0]!r}) in the training data; "
              "a classifier needs at least two")

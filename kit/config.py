@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
+import re
 import textwrap
 import types
 import typing
@@ -218,6 +220,56 @@ def apply_overrides(cfg: Any, args: list[str]) -> Any:
     return cfg
 
 
+# key: (check, what it expects). Keys a config lacks (a recipe's own) are skipped; None is
+# left to the field's meaning (learning_rate=None: the default for the model's size).
+_RANGES: dict[str, tuple[Any, str]] = {
+    "max_steps": (lambda v: v > 0, "a whole number above 0"),
+    "batch_size": (lambda v: v > 0, "a whole number above 0"),
+    "micro_batch_size": (lambda v: v >= 0, "0 (auto) or more"),
+    "gpu_memory_gib": (lambda v: v >= 0, "0 (the card's free memory) or a size in GiB"),
+    "memory_margin": (lambda v: 0 <= v < 0.9, "a share from 0 to below 0.9"),
+    "max_seq_length": (lambda v: v >= 16, "16 tokens or more"),
+    "learning_rate": (lambda v: 0 < v <= 1, "a number above 0 and at most 1 (LoRA uses about 1e-4 to 1e-3)"),
+    "warmup_steps": (lambda v: v >= 0, "0 or more"),
+    "save_steps": (lambda v: v >= 0, "0 (never) or more"),
+    "save_total_limit": (lambda v: v >= 1, "1 or more"),
+    "seed": (lambda v: 0 <= v < 2**32, f"a whole number from 0 to {2**32 - 1}"),
+    "eval_fraction": (lambda v: 0 < v < 1, "a share between 0 and 1, such as 0.1"),
+    "eval_samples": (lambda v: v > 0, "a whole number above 0"),
+    "eval_limit": (lambda v: v >= 0, "0 (all) or more"),
+    "max_new_tokens": (lambda v: v > 0, "a whole number above 0"),
+    "exec_timeout": (lambda v: v > 0, "seconds above 0"),
+    "fim_per_file": (lambda v: v > 0, "a whole number above 0"),
+    "lora.r": (lambda v: v > 0, "a whole number above 0 (8-64 is typical)"),
+    "lora.alpha": (lambda v: v > 0, "a whole number above 0 (often equal to lora.r)"),
+    "lora.dropout": (lambda v: 0 <= v < 1, "a share from 0 to below 1 (Unsloth's fast path wants 0)"),
+}
+_MODULE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
+
+
+def _numbers(cfg: Any, prefix: str = ""):
+    """(key, value) for every number in a config, nested ones included."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _numbers(value, prefix + f.name + ".")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield prefix + f.name, value
+
+
+def target_names(target_modules: str) -> list[str]:
+    """The module names in `lora.target_modules`, checked for form (which names a model has is
+    checked against its config.json before it loads: kit.models.check_targets)."""
+    names = [t.strip() for t in str(target_modules).split(",") if t.strip()]
+    if names in (["auto"], ["all-linear"]):  # every linear projection (PEFT's name for it)
+        return names
+    bad = [n for n in names if not _MODULE_NAME.fullmatch(n)]
+    if not names or bad:
+        fail(f"lora.target_modules={target_modules!r}: expected comma-separated module names such "
+             f"as q_proj,v_proj (or auto)" + (f"; {bad[0]!r} is not one" if bad else ""))
+    return names
+
+
 def validate(cfg: Any) -> None:
     """Choices and ranges, for configs built in Python as well as parsed from key=value."""
     hints = typing.get_type_hints(type(cfg))
@@ -225,21 +277,19 @@ def validate(cfg: Any) -> None:
         value = getattr(cfg, f.name)
         if typing.get_origin(hints[f.name]) is Literal and value not in typing.get_args(hints[f.name]):
             fail(f"{f.name}={value!r}: expected one of {', '.join(map(str, typing.get_args(hints[f.name])))}")
-    checks = {
-        "max_steps": lambda v: v > 0,
-        "batch_size": lambda v: v > 0,
-        "micro_batch_size": lambda v: v >= 0,
-        "gpu_memory_gib": lambda v: v >= 0,
-        "memory_margin": lambda v: 0 <= v < 0.9,
-        "max_seq_length": lambda v: v >= 16,
-        "learning_rate": lambda v: v is None or v > 0,
-        "warmup_steps": lambda v: v >= 0,
-        "save_steps": lambda v: v >= 0,
-        "save_total_limit": lambda v: v >= 1,
-    }
-    for key, ok in checks.items():
-        if hasattr(cfg, key) and not ok(getattr(cfg, key)):
-            fail(f"{key}={getattr(cfg, key)!r} is out of range")
+    for key, value in _numbers(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            fail(f"{key}={value!r}: expected a finite number")
+    for key, (ok, expected) in _RANGES.items():
+        *path, name = key.split(".")
+        target = cfg
+        for part in path:
+            target = getattr(target, part, None)
+        if target is None or not hasattr(target, name):
+            continue
+        value = getattr(target, name)
+        if value is not None and not ok(value):
+            fail(f"{key}={value!r} is out of range: expected {expected}")
     if getattr(cfg, "micro_batch_size", 0) and cfg.batch_size % cfg.micro_batch_size:
         fail(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={cfg.micro_batch_size}")
     if "gguf" in EXPORT_KINDS.get(getattr(cfg, "export", ""), ()):
@@ -255,8 +305,8 @@ def validate(cfg: Any) -> None:
         named = [x.strip() for x in cfg.report_to.split(",") if x.strip()]
         if not named or any(x not in REPORT_TO for x in named):
             fail(f"report_to={cfg.report_to!r}: expected none or any of {', '.join(REPORT_TO[1:])}")
-    if hasattr(cfg, "lora") and cfg.lora.r <= 0:
-        fail(f"lora.r={cfg.lora.r} must be positive")
+    if hasattr(cfg, "lora"):
+        target_names(cfg.lora.target_modules)
     if hasattr(cfg, "gradient_checkpointing"):
         if str(cfg.gradient_checkpointing).lower() not in {"auto", "unsloth", "true", "false"}:
             fail(

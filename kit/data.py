@@ -10,7 +10,10 @@ Rows may carry checks for evaluation: `expect` (a regex the reply must match) an
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
+import os
 import random
 import re
 from dataclasses import dataclass, field
@@ -102,13 +105,17 @@ def _read_file(path: Path) -> list[dict]:
 
 def _parse_jsonl(path: Path, text: str) -> list[dict]:
     rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" (or "\r\n") only: str.splitlines would also split at U+2028, U+0085
+    # and other characters JSON allows raw inside a string.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             fail(f"{path}:{lineno}: malformed JSON line ({exc.msg} at column {exc.colno})")
+        except RecursionError:
+            fail(f"{path}:{lineno}: JSON nested too deeply to read")
     return rows
 
 
@@ -117,6 +124,8 @@ def _parse_json(path: Path, text: str) -> list[dict]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         fail(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})")
+    except RecursionError:
+        fail(f"{path}: JSON nested too deeply to read")
     if isinstance(data, dict):
         lists = [v for k, v in data.items() if isinstance(v, list) and k in ("data", "train", "rows")]
         data = lists[0] if lists else [data]
@@ -126,14 +135,40 @@ def _parse_json(path: Path, text: str) -> list[dict]:
 
 
 def _parse_csv(path: Path, text: str) -> list[dict]:
+    # The csv module finds the rows itself (quoted newlines included); str.splitlines would
+    # also split inside fields at \x0c, U+2028 and the like. A cell may be a whole document.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(len(text) + 1)
     try:
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         return [dict(row) for row in reader]
     except csv.Error as exc:
         fail(f"{path}: malformed CSV ({exc})")
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _offline() -> bool:
+    flags = (os.environ.get(k, "").lower() for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(f in {"1", "true", "yes", "on"} for f in flags)
+
+
+def _in_cache(name: str) -> bool:
+    """Whether a Hub dataset has been downloaded or built here before (then it loads offline)."""
+    from huggingface_hub import constants
+
+    datasets_cache = os.environ.get("HF_DATASETS_CACHE") or os.path.join(constants.HF_HOME, "datasets")
+    return (Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}").is_dir() or (
+        Path(datasets_cache) / name.replace("/", "___")).is_dir()
 
 
 def _read_hub(name: str, split: str) -> list[dict]:
+    if not _in_cache(name):
+        from kit.models import _hub_reachable
+
+        if _offline() or not _hub_reachable():  # fail in seconds, not after a minute of retries
+            fail(f"could not load data {name!r}: not a local file, not in the local Hugging Face "
+                 "cache, and the Hub cannot be reached (offline?)")
     try:
         import datasets
 
@@ -171,8 +206,24 @@ _REQUIRED = {
 
 
 def _text(value, where: str) -> str:
+    if isinstance(value, float) and not math.isfinite(value):
+        fail(f"{where}: expected text, found the number {value!r} (NaN or Infinity in the file)")
     if not isinstance(value, str):
         fail(f"{where}: expected text, found {type(value).__name__}")
+    return value
+
+
+def _pattern(row: dict, key: str, where: str) -> str | None:
+    """An `expect`/`reject` regex, checked now rather than when the first reply is scored."""
+    value = row.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        fail(f"{where}: `{key}` must be a regular expression (text), found {type(value).__name__}")
+    try:
+        re.compile(value)
+    except re.error as exc:
+        fail(f"{where}: `{key}` {value[:60]!r} is not a valid regular expression ({exc})")
     return value
 
 
@@ -210,7 +261,7 @@ def to_example(row: dict, fmt: str, where: str) -> Example:
         fail(f"{where}: no assistant reply to learn from")
     used = _REQUIRED[fmt] | {"input", "expect", "reject"}
     meta = {k: v for k, v in row.items() if k not in used}
-    return Example(messages, expect=row.get("expect") or None, reject=row.get("reject") or None,
+    return Example(messages, expect=_pattern(row, "expect", where), reject=_pattern(row, "reject", where),
                    meta=meta)
 
 

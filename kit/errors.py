@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -22,14 +24,49 @@ def fail(message: str) -> NoReturn:
     raise KitError(message)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, what Colab, Kaggle and job schedulers send to stop a run: unwound like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the goodbye short
+    raise Terminated
+
+
+def _resume_hint() -> str:
+    """Where the run can pick up again: the newest complete checkpoint of the output_dir this
+    process holds (kit.runlock), if it got that far."""
+    runlock, checkpoints = sys.modules.get("kit.runlock"), sys.modules.get("kit.checkpoints")
+    folders = runlock.held() if runlock else []
+    if not folders:
+        return ""
+    best = checkpoints.latest(folders[0])[0] if checkpoints else None
+    if best is None:
+        return f"; no checkpoint was complete yet in {folders[0]}"
+    return f"; the last complete checkpoint is {best}; run the same command again to resume"
+
+
 def run_cli(fn: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
-    """Run a recipe's command line; a KitError becomes `error: ...` on stderr and exit 2."""
+    """Run a recipe's command line; a KitError becomes `error: ...` on stderr and exit 2.
+    Ctrl-C (exit 130) and SIGTERM (exit 143) say where the run can resume from."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         fn(sys.argv[1:] if argv is None else argv)
     except KitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except Terminated:
+        print(f"error: stopped by SIGTERM{_resume_hint()}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print(f"error: interrupted{_resume_hint()}", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        runlock = sys.modules.get("kit.runlock")
+        if runlock:  # bad input leaves no folder behind; the next run may use this one
+            runlock.release()
     return 0

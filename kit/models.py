@@ -144,10 +144,57 @@ def linear_names(model) -> list[str]:
 
 
 def lora_targets(model, target_modules: str) -> list[str]:
-    """The module names `lora.target_modules` means for this model."""
-    if target_modules.strip() == "auto":
-        return linear_names(model)
-    return [t.strip() for t in target_modules.split(",") if t.strip()]
+    """The module names `lora.target_modules` means for this model (`auto` or PEFT's
+    `all-linear`: every linear projection of its decoder layers, by name)."""
+    from kit.config import target_names
+
+    names = target_names(target_modules)
+    return linear_names(model) if names in (["auto"], ["all-linear"]) else names
+
+
+# The linear layers `lora.target_modules` can name, by config.json's model_type. A type not
+# listed is not checked here (PEFT names a wrong module once the weights are loaded).
+_ATTENTION_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TARGET_MODULES: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                     "granite", "olmo", "olmo2", "cohere"), _ATTENTION_MLP),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    "starcoder2": ("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj"),
+}
+EMBEDDING_MODULES = ("embed_tokens", "lm_head")  # Unsloth trains these in full when named
+
+
+def _model_type(path: str) -> str:
+    """config.json's model_type for a local folder or a cached Hub model; "" if unknown."""
+    import json
+
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(path, "config.json") if path.count("/") == 1 else None
+        if not isinstance(cached, str):
+            return ""
+        config = Path(cached)
+    try:
+        return str(json.loads(config.read_text()).get("model_type", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def check_targets(target_modules: str, choice: ModelChoice) -> None:
+    """Fail before any weight loads when `lora.target_modules` names a layer the model lacks."""
+    from kit.config import target_names
+
+    names = target_names(target_modules)
+    known = TARGET_MODULES.get(_model_type(choice.path))
+    if known is None or names in (["all-linear"], ["auto"]):
+        return
+    bad = [n for n in names if n.rsplit(".", 1)[-1] not in known + EMBEDDING_MODULES]
+    if bad:
+        verb = "is not a layer" if len(bad) == 1 else "are not layers"
+        fail(f"lora.target_modules: {', '.join(bad)} {verb} of {choice.label} "
+             f"({_model_type(choice.path)}); its layers are {','.join(known)} (or auto)")
 
 
 def add_lora(model, lora, gradient_checkpointing: bool | str, seed: int):
@@ -235,13 +282,20 @@ def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int,
         shape, budget_gib=plan_mod.usable_gib(free, cfg.memory_margin), batch_size=cfg.batch_size,
         seq=seq, checkpointing=plan_mod.mode_of(str(cfg.gradient_checkpointing)),
         micro_batch=cfg.micro_batch_size or None, r=cfg.lora.r,
-        targets=tuple(t.strip() for t in cfg.lora.target_modules.split(",") if t.strip()),
+        targets=_plan_targets(cfg.lora.target_modules),
         four_bit=four_bit,
         # Offloading activations to host memory saves nothing on a CPU.
         modes=plan_mod.MODES if gpu else ("off", "on"), tflops=plan_mod.peak_tflops(device.name),
         host_gib=host,
     )
     return chosen, source
+
+
+def _plan_targets(target_modules: str) -> tuple[str, ...]:
+    from kit.config import target_names
+
+    names = tuple(target_names(target_modules))
+    return ("auto",) if names in (("auto",), ("all-linear",)) else names
 
 
 def _apply_plan(settings: Settings, chosen: plan_mod.Plan) -> None:
@@ -290,6 +344,7 @@ def show_plan(cfg) -> plan_mod.Plan | None:
     choice = resolve_model(cfg.model, device, progress=say)
     settings = decide_settings(cfg, device)
     shape = read_shape(choice, say, settings, cfg)
+    check_targets(cfg.lora.target_modules, choice)
     if shape is None:
         return None
     say(f"model: {choice.label}: {shape.params / 1e9:.2f}B parameters, {shape.layers} layers, "
@@ -333,7 +388,8 @@ def prepare(cfg, say=print) -> Prepared:
     settings = decide_settings(cfg, device)
     say(f"device: {device.name} ({device.memory_gib:.0f} GiB)")
     say(f"model: {choice.label} ({choice.reason}); " + "; ".join(settings.notes))
-    shape = read_shape(choice, say, settings, cfg)
+    shape = read_shape(choice, say, settings, cfg)  # also brings a Hub config.json into the cache
+    check_targets(cfg.lora.target_modules, choice)
     if shape is not None:  # worst case: every row max_seq_length long
         worst, _ = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
         if not worst.fits:
