@@ -288,6 +288,9 @@ def validate(cfg: Any) -> None:
         if target is None or not hasattr(target, name):
             continue
         value = getattr(target, name)
+        default = next(f.default for f in dataclasses.fields(target) if f.name == name)
+        if value == 0 and default == 0:  # a field whose default is 0 reads 0 as "auto"/"all"
+            continue
         if value is not None and not ok(value):
             fail(f"{key}={value!r} is out of range: expected {expected}")
     if getattr(cfg, "micro_batch_size", 0) and cfg.batch_size % cfg.micro_batch_size:

@@ -131,6 +131,7 @@ def test_model_lacking_the_target_stops_before_it_loads(tmp_path, capsys):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "config.json").write_text(json.dumps({**LLAMA_CONFIG, "model_type": "phi3"}))
     code = run_cli(recipe("chat").cli, [f"data={tmp_path / 'd.jsonl'}", f"model={tmp_path / 'model'}",
+                                        "lora.target_modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj",
                                         f"output_dir={tmp_path / 'out'}"])
     err = capsys.readouterr().err
     assert code == 2 and "q_proj, k_proj, v_proj, gate_proj, up_proj are not layers" in err, err
