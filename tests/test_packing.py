@@ -171,3 +171,19 @@ def test_chat_recipe_same_heldout_metrics_packed_and_padded(tmp_path, tiny_model
     for a, b in zip(on["train"]["losses"], off["train"]["losses"]):
         assert a == pytest.approx(b, rel=2e-2)
     assert on["train"]["tokens"] == off["train"]["tokens"]
+
+
+def test_evaluation_batches_by_length_and_keeps_order(tiny_fp32):
+    from kit import evaluate
+
+    model, tokenizer, encoded = tiny_fp32
+    assert evaluate.by_length([3, 9, 1, 5]) == [1, 3, 0, 2]
+    # Batched by length, the held-out loss is still the token-weighted mean over all rows.
+    counts = [sum(x != -100 for x in e.labels[1:]) for e in encoded]
+    alone = [evaluate.heldout_loss(model, tokenizer, [e]) for e in encoded]
+    expected = sum(a * n for a, n in zip(alone, counts)) / sum(counts)
+    assert evaluate.heldout_loss(model, tokenizer, encoded, batch_size=2) == pytest.approx(expected, rel=1e-5)
+    prompts = [evaluate.prompt_of(e) for e in ROWS]
+    gens = evaluate.generate(model, tokenizer, prompts, max_new_tokens=2, batch_size=2)
+    assert [g.prompt for g in gens] == prompts
+    model.train()
