@@ -1,7 +1,7 @@
 """Benchmark: the kit's training path against a plain transformers + PEFT + bitsandbytes QLoRA
 baseline, on the same random-init model, data, sequence length, batch, rank and targets.
 
-    make bench                                  # CPU: a tiny shape, under two minutes
+    make bench                                  # CPU: a tiny shape, full and chat rows, minutes
     python bench/bench.py suite --shape 8b      # GPU: per memory budget, kit plan vs best plain
 
 Each measured run is its own process (`bench.py run ...`): importing unsloth patches transformers,
