@@ -36,10 +36,10 @@ plan: $(STAMP) check-recipe
 	@$(PY) recipes/$(recipe).py --plan $(ARGS)
 
 # kit's training path against plain transformers+PEFT+bitsandbytes (bench/bench.py --help).
-# A GPU: Llama-3.1-8B shapes per memory budget; CPU: a tiny shape, under two minutes.
+# A GPU: Llama-3.1-8B shapes per memory budget; CPU: a tiny shape, full and chat-length rows, a few minutes.
 bench: $(STAMP)
 	@if nvidia-smi >/dev/null 2>&1; then $(PY) bench/bench.py suite --shape 8b --seq 2048 $(ARGS); \
-	else $(PY) bench/bench.py suite --shape tiny --seq 128 --batch 2 --steps 8 --out outputs/bench-cpu.json $(ARGS); fi
+	else $(PY) bench/bench.py suite --shape tiny --seq 256 --batch 4 --steps 8 --out outputs/bench-cpu.json $(ARGS); fi
 
 # Regenerate notebooks/ from the recipes (tests fail while they are out of date).
 notebooks: $(STAMP)

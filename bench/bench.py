@@ -1,7 +1,7 @@
 """Benchmark: the kit's training path against a plain transformers + PEFT + bitsandbytes QLoRA
 baseline, on the same random-init model, data, sequence length, batch, rank and targets.
 
-    make bench                                  # CPU: a tiny shape, under two minutes
+    make bench                                  # CPU: a tiny shape, full and chat rows, minutes
     python bench/bench.py suite --shape 8b      # GPU: per memory budget, kit plan vs best plain
 
 Each measured run is its own process (`bench.py run ...`): importing unsloth patches transformers,
@@ -11,14 +11,22 @@ and memory do not depend on the values), so nothing is downloaded.
 Per run it reports real (non-pad) tokens/s over the timed steps, peak GPU memory allocated, the
 kit planner's predicted peak, and LoRA MFU: F = 4·N_frozen + 6·N_lora + 12·L·d·T FLOPs per token
 (T: the sequence length) against the card's dense bf16 peak.
+
+Data: `full` (every row `--seq` tokens) or `chat` (chat-like lengths, see `rows`). On chat data
+each stack runs at its best: the kit with its own `packing=auto` choice, the plain baseline with
+padding-free batches (TRL's `DataCollatorForLanguageModeling(padding_free=True)`, position ids
+restarting per row) where its attention keeps packed rows apart, else length-grouped padded
+batches (`train_sampling_strategy="group_by_length"`); `batching` in each result says which.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -60,12 +68,14 @@ def make_model(shape: str, out: Path, tokenizer: str) -> None:
 
 def rows(kind: str, n: int, seq: int, vocab: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) rows. `full`: every row `seq` tokens, all trained. `chat`: lengths
-    like a chat SFT set (log-normal, median ~500 tokens, capped at `seq`), the first third of
-    each row a masked prompt."""
+    like a chat SFT set (log-normal, sigma 0.7, median ~500 tokens at `seq` 2,048 and the same
+    share of shorter ones, capped at `seq`), the first third of each row a masked prompt."""
     rnd = random.Random(seed)
     out = []
+    median, floor = 500 * seq / 2048, max(4, seq // 64)
     for _ in range(n):
-        length = seq if kind == "full" else max(32, min(seq, int(rnd.lognormvariate(6.2, 0.7))))
+        drawn = int(rnd.lognormvariate(math.log(median), 0.7))
+        length = seq if kind == "full" else max(floor, min(seq, drawn))
         ids = [rnd.randrange(1000, vocab - 1000) for _ in range(length)]
         prompt = 0 if kind == "full" else length // 3
         out.append((ids, [-100] * prompt + ids[prompt:]))
@@ -84,7 +94,9 @@ class StepClock:
         self.tokens = 0
 
     def count(self, batch: dict) -> dict:
-        self.tokens += int(batch["attention_mask"].sum())
+        """Real tokens: the attention mask's ones, or every position of a padding-free row."""
+        mask = batch.get("attention_mask")
+        self.tokens += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
         return batch
 
     def callback(self):
@@ -108,8 +120,9 @@ class StepClock:
         return (n[-1] - n[0]) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
 
 
-def run_kit(a, data, clock: StepClock):
-    """The kit's own path: kit.models.load / add_lora and kit.train.train, as the recipes run."""
+def run_kit(a, data, clock: StepClock, result: dict):
+    """The kit's own path: kit.models.load / add_lora and kit.train.train, as the recipes run,
+    with the run's `packing=auto` choice."""
     from kit import models, train
     from kit.config import RecipeConfig, apply_overrides
     from kit.data import Encoded
@@ -119,24 +132,55 @@ def run_kit(a, data, clock: StepClock):
     model, tok = models.load(choice, a.seq, load_in_4bit=gpu)
     cfg = apply_overrides(RecipeConfig(), [f"max_steps={a.steps}", f"batch_size={a.micro * a.accum}",
                                            f"max_seq_length={a.seq}", "save_steps=0", "warmup_steps=1",
-                                           f"lora.r={a.rank}", f"lora.alpha={a.rank}"])
+                                           f"lora.r={a.rank}", f"lora.alpha={a.rank}",
+                                           "packing=" + {"padding-free": "on", "padded": "off",
+                                                         "grouped": "off"}.get(a.batching, "auto")])
     gc = {"off": False, "on": True, "unsloth": "unsloth"}[a.gc]
     model = models.add_lora(model, cfg.lora, gc, cfg.seed)
     encoded = [Encoded(ids, labels) for ids, labels in data]
+    packing, why = train.choose_packing(cfg, model, encoded, a.micro)
+    result.update(batching="padding-free" if packing else "padded", batching_reason=why)
+    inner = train.collator_for(tok, packing)
 
-    class Collator(train.CountingCollator):  # the kit's collator, also feeding the step clock
+    class Collator:  # the kit's collator, also feeding the step clock
+        @property
+        def tokens(self):
+            return inner.tokens
+
         def __call__(self, features):
-            return clock.count(super().__call__(features))
+            return clock.count(inner(features))
 
     train.train(model, tok, encoded, cfg, gpu=gpu, bf16=gpu, learning_rate=2e-4,
                 checkpoint_dir=f"/tmp/bench-kit-{os.getpid()}", callbacks=(clock.callback(),),
-                micro_batch=a.micro, grad_accum=a.accum, collator=Collator(tok))
+                micro_batch=a.micro, grad_accum=a.accum, collator=Collator(), packing=packing)
     return model
 
 
-def run_plain(a, data, clock: StepClock):
+def plain_rows_stay_apart(model) -> tuple[bool, float, float]:
+    """Padding-free on this attention backend: does a row packed after another (position ids
+    restarting, no attention mask) get the loss it gets alone? (ok, |packed - alone|, |joined -
+    alone|), `joined` being the two rows end to end with no boundary, what a leak looks like."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    first, second = (torch.randint(vocab // 4, vocab // 2, (n,), generator=gen) for n in (48, 16))
+    dev = next(model.parameters()).device
+    ids = torch.cat([first, second])[None].to(dev)
+    labels = torch.cat([torch.full((49,), -100), second[1:]])[None].to(dev)
+    pos = torch.cat([torch.arange(48), torch.arange(16)])[None].to(dev)
+    with torch.no_grad():
+        alone = float(model(input_ids=second[None].to(dev), labels=second[None].to(dev)).loss)
+        packed = float(model(input_ids=ids, labels=labels, position_ids=pos).loss)
+        joined = float(model(input_ids=ids, labels=labels).loss)
+    off, leak = abs(packed - alone), abs(joined - alone)
+    return off <= 1e-5 * max(alone, 1.0) or off * 20 <= leak, off, leak
+
+
+def run_plain(a, data, clock: StepClock, result: dict):
     """The baseline a user would write without the kit: 4-bit NF4 via bitsandbytes, PEFT LoRA,
-    SDPA attention, paged 8-bit AdamW, transformers' Trainer."""
+    SDPA attention, paged 8-bit AdamW, transformers' Trainer. On rows of different lengths, at
+    its best: padding-free where SDPA keeps packed rows apart, else length-grouped batches."""
     import torch
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -162,17 +206,39 @@ def run_plain(a, data, clock: StepClock):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=a.gc != "off")
     model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=a.rank, lora_dropout=0.0,
                                              target_modules=list(TARGETS), task_type="CAUSAL_LM"))
-    pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+    varied = len({len(r[0]) for r in data}) > 1
+    batching = "padded"
+    if varied and a.batching in ("auto", "padding-free"):
+        ok, off, leak = plain_rows_stay_apart(model)
+        result.update(plain_isolation={"ok": ok, "packed_off_by": off, "leak_off_by": leak})
+        batching = "padding-free" if ok or a.batching == "padding-free" else "grouped"
+    elif varied and a.batching == "grouped":
+        batching = "grouped"
+    result.update(batching=batching)
+    if batching == "padding-free":
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling  # trl never imports unsloth
+
+        free = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)
+
+        def collate(features):
+            return clock.count(free([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]))
+    else:
+        pad = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
+
+        def collate(features):
+            return clock.count(pad([{k: v for k, v in f.items() if k != "length"} for f in features]))
     ds = Dataset.from_dict({"input_ids": [r[0] for r in data], "labels": [r[1] for r in data],
-                            "attention_mask": [[1] * len(r[0]) for r in data]})
+                            "attention_mask": [[1] * len(r[0]) for r in data],
+                            "length": [len(r[0]) for r in data]})
     args = TrainingArguments(
         output_dir=f"/tmp/bench-plain-{os.getpid()}", per_device_train_batch_size=a.micro,
         gradient_accumulation_steps=a.accum, max_steps=a.steps, learning_rate=2e-4, warmup_steps=1,
         optim="paged_adamw_8bit" if cuda else "adamw_torch", bf16=cuda, logging_steps=1,
         save_strategy="no", report_to="none", gradient_checkpointing=a.gc != "off",
         gradient_checkpointing_kwargs={"use_reentrant": False}, remove_unused_columns=False,
-        disable_tqdm=True, seed=3407)
-    Trainer(model=model, args=args, train_dataset=ds, data_collator=lambda f: clock.count(pad(f)),
+        disable_tqdm=True, seed=3407,
+        train_sampling_strategy="group_by_length" if batching == "grouped" else "random")
+    Trainer(model=model, args=args, train_dataset=ds, data_collator=collate,
             callbacks=[clock.callback()]).train()
     return model
 
@@ -193,7 +259,7 @@ def run(a) -> None:
     started = time.perf_counter()
     result = {"stack": a.stack, "gc": a.gc, "micro": a.micro, "accum": a.accum, "seq": a.seq, "data": a.data}
     try:
-        model = (run_kit if a.stack == "kit" else run_plain)(a, data, clock)
+        model = (run_kit if a.stack == "kit" else run_plain)(a, data, clock, result)
     except torch.OutOfMemoryError:
         result.update(oom=True)
         print("RESULT " + json.dumps(result))
@@ -201,7 +267,9 @@ def run(a) -> None:
     result.update(tokens_per_s=round(clock.tokens_per_second(), 1),
                   wall_s=round(time.perf_counter() - started, 1),
                   peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available()
-                  else None, device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+                  else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                  peak_kind="GPU" if torch.cuda.is_available() else "RAM",
+                  device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
     # A 4-bit weight counts its unpacked elements (as kit.models.count_parameters does; that
     # module imports unsloth, which this process may not).
     frozen = sum(getattr(getattr(p, "quant_state", None), "shape", p.shape).numel()
@@ -232,10 +300,10 @@ def mfu(r: dict, shape, seq: int) -> float | None:
 
 
 def child(model: Path, stack: str, gc: str, micro: int, accum: int, seq: int, data: str, steps: int,
-          budget: float, timeout: float) -> dict:
+          budget: float, timeout: float, batching: str = "auto") -> dict:
     cmd = [sys.executable, __file__, "run", "--model", str(model), "--stack", stack, "--gc", gc,
            "--micro", str(micro), "--accum", str(accum), "--seq", str(seq), "--data", data,
-           "--steps", str(steps), "--budget-gib", str(budget)]
+           "--steps", str(steps), "--budget-gib", str(budget), "--batching", batching]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -261,38 +329,56 @@ def suite(a) -> None:
     import torch
 
     gpu = torch.cuda.is_available()
-    runs: list[tuple[str, str, int, str, float]] = []  # (stack, gc, micro, data, budget cap)
+    # (stack, gc, micro, data, budget cap, plain batching on varied lengths)
+    runs: list[tuple[str, str, int, str, float, str]] = []
     if gpu:
         free = torch.cuda.mem_get_info()[0] / 2**30
         budgets = [b for b in BUDGETS_GB if b * 1e9 / 2**30 <= free + 2] or [int(free)]
-        for b in budgets:  # the kit's plan per budget, run under that budget's cap
-            p = plan.choose(shape, budget_gib=plan.usable_gib(b * 1e9 / 2**30 - 1, 0.15),
-                            batch_size=a.batch, seq=a.seq)
-            if p.fits:
-                runs.append(("kit", p.setting.checkpointing, p.setting.micro_batch, "full", b * 1e9 / 2**30))
-        for gc, micro in a.plain:  # plain configurations, uncapped; budgets are assigned by peak
-            runs.append(("plain", gc, micro, "full", 0.0))
+        for data in a.data:
+            for b in budgets:  # the kit's plan per budget, run under that budget's cap
+                p = plan.choose(shape, budget_gib=plan.usable_gib(b * 1e9 / 2**30 - 1, 0.15),
+                                batch_size=a.batch, seq=a.seq)
+                if p.fits:
+                    runs.append(("kit", p.setting.checkpointing, p.setting.micro_batch, data,
+                                 b * 1e9 / 2**30, "auto"))
+            for gc, micro in a.plain:  # plain configurations, uncapped; budgets are assigned by peak
+                runs.append(("plain", gc, micro, data, 0.0, "auto"))
+                if data == "chat":  # its other way to cut padding, in case it is the faster one
+                    runs.append(("plain", gc, micro, data, 0.0, "grouped"))
         for stack, gc, micro in a.chat:
-            runs.append((stack, gc, micro, "chat", 0.0))
+            runs.append((stack, gc, micro, "chat", 0.0, "auto"))
     else:
-        runs = [("kit", "off", a.batch, "full", 0.0), ("plain", "off", a.batch, "full", 0.0)]
+        runs = [(stack, "off", a.batch, data, 0.0, "auto") for data in a.data for stack in ("kit", "plain")]
     seen, results = set(), []
     out = Path(a.out)
-    for stack, gc, micro, data, cap in runs:
-        key = (stack, gc, micro, data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stack, gc, micro, data, cap, batching in runs:
+        key = (stack, gc, micro, data, batching)
         if key in seen:
             continue
         seen.add(key)
-        r = child(model, stack, gc, micro, a.batch // micro, a.seq, data, a.steps, cap, a.timeout)
+        r = child(model, stack, gc, micro, a.batch // micro, a.seq, data, a.steps, cap, a.timeout, batching)
         r["cap_gib"] = round(cap, 1)
         if "tokens_per_s" in r:
             r["predicted_gib"] = round(predicted(shape, r, plan.KIT if stack == "kit" else plan.PLAIN), 2)
             r["mfu"] = mfu(r, shape, a.seq)
         results.append(r)
         print(json.dumps(r), flush=True)
-        record = {"shape": a.shape, "seq": a.seq, "batch": a.batch, "runs": results}
+        record = {"shape": a.shape, "seq": a.seq, "batch": a.batch, "runs": results,
+                  "ratios": ratios(results)}
         out.write_text(json.dumps(record, indent=1))
     print(table(results, shape, gpu, a.seq))
+
+
+def ratios(results: list[dict]) -> dict[str, float]:
+    """Per data kind: the fastest kit run's real tokens/s over the fastest plain run's."""
+    out = {}
+    for data in ("full", "chat"):
+        best = {stack: max((r["tokens_per_s"] for r in results if r["stack"] == stack and r["data"] == data
+                            and r.get("tokens_per_s")), default=None) for stack in ("kit", "plain")}
+        if best["kit"] and best["plain"]:
+            out[data] = round(best["kit"] / best["plain"], 2)
+    return out
 
 
 def budget_rows(ok: list[dict], shape, seq: int, batch: int = 4) -> list[str]:
@@ -319,21 +405,28 @@ def _tps(r: dict | None) -> str:
 
 
 def table(results: list[dict], shape, gpu: bool, seq: int = 2048) -> str:
-    lines = ["| stack | checkpointing | micro × accum | data | tokens/s | peak GiB | predicted GiB "
-             "| LoRA MFU |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| stack | checkpointing | micro × accum | data | batching | tokens/s | peak GiB "
+             "| predicted GiB | LoRA MFU |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "tokens_per_s" not in r:
-            lines.append(f"| {r['stack']} | {r['gc']} | {r['micro']} | {r['data']} | "
+            lines.append(f"| {r['stack']} | {r['gc']} | {r['micro']} | {r['data']} | | "
                          f"{'OOM' if r.get('oom') else r.get('error', '?')[:60]} | | | |")
             continue
         lines.append(f"| {r['stack']} | {r['gc']} | {r['micro']} × {r['accum']} | {r['data']} | "
-                     f"{r['tokens_per_s']:,.0f} | {r['peak_gib'] if r['peak_gib'] is not None else '-'} | "
+                     f"{r.get('batching', '-')} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['peak_gib'] if r['peak_gib'] is not None else '-'} {r.get('peak_kind', '')} | "
                      f"{r['predicted_gib']} | {_pct(r.get('mfu'))} |")
     if gpu:
-        lines += ["", "| budget | kit plan | tokens/s | fastest plain that fits | tokens/s | kit / plain |",
-                  "|---|---|---|---|---|---|"]
-        lines += budget_rows([r for r in results if "tokens_per_s" in r and r["data"] == "full"], shape, seq)
+        for data in ("full", "chat"):
+            ok = [r for r in results if "tokens_per_s" in r and r["data"] == data]
+            if ok:
+                lines += ["", f"{data} rows:", "", "| budget | kit plan | tokens/s "
+                          "| fastest plain that fits | tokens/s | kit / plain |",
+                          "|---|---|---|---|---|---|"]
+                lines += budget_rows(ok, shape, seq)
+    best = ratios(results)
+    lines += ["", "kit / plain, real tokens/s: " + ", ".join(f"{d} {x:.2f}x" for d, x in best.items())]
     return "\n".join(lines)
 
 
@@ -365,6 +458,9 @@ def main() -> None:
     r.add_argument("--steps", type=int, default=10)
     r.add_argument("--rank", type=int, default=16)
     r.add_argument("--budget-gib", type=float, default=0.0)
+    r.add_argument("--batching", choices=("auto", "padding-free", "grouped", "padded"), default="auto",
+                   help="plain stack on rows of different lengths: auto = padding-free where its "
+                        "attention keeps rows apart, else grouped by length")
     s = sub.add_parser("suite", help="make the model, run every configuration, print the tables")
     s.add_argument("--shape", choices=SHAPES, default="tiny")
     s.add_argument("--seq", type=int, default=2048)
@@ -376,8 +472,10 @@ def main() -> None:
     s.add_argument("--timeout", type=float, default=300)
     s.add_argument("--plain", type=_pair, nargs="*", default=[("on", 4), ("off", 1), ("off", 2), ("off", 4)],
                    help="plain configurations to measure, as gc:micro")
+    s.add_argument("--data", nargs="+", choices=("full", "chat"), default=["full", "chat"],
+                   help="data kinds to run every configuration on")
     s.add_argument("--chat", type=_triple, nargs="*", default=[],
-                   help="runs on chat-like varied lengths, as stack:gc:micro")
+                   help="extra runs on chat-like varied lengths, as stack:gc:micro")
     a = ap.parse_args()
     if a.cmd == "run":
         a.model = Path(a.model)

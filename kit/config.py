@@ -81,6 +81,13 @@ class RecipeConfig:
     gradient_checkpointing: str = "auto"
     """`unsloth` (recompute, inputs offloaded to CPU), `true` (recompute), `false`; `auto`: the
     memory plan turns it off whenever the run fits without it (fastest)."""
+    packing: Literal["auto", "on", "off"] = "auto"
+    """Padding-free training batches: each micro-batch's rows end to end in one sequence, no pad
+    tokens, position ids restarting per row and attention kept within each row (the loss of each
+    row is what it would be alone). `auto`: on when padding would waste compute (micro-batches
+    of more than one row, rows of different lengths) and a check on the loaded model shows no
+    row sees another on this device's attention backend; off otherwise, saying why. `on` fails
+    where that check does. The memory plan then counts tokens per pass, not rows."""
     gpu_memory_gib: float = 0.0
     """Plan for this much GPU memory instead of what the card has free (0). With `make plan`
     it answers "does this fit a 16 GB T4?" on any machine."""

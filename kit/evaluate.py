@@ -22,14 +22,22 @@ class Generation:
     stopped: bool  # ended with a stop token (kit.stops) rather than at the length limit
 
 
+def by_length(lengths: list[int]) -> list[int]:
+    """Indices longest first: batches of neighbours pad little, and a long row does not pad a
+    whole batch of short ones. Callers put results back in the original order."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
 @torch.no_grad()
 def heldout_loss(model, tokenizer, encoded: list[Encoded], batch_size: int = 8) -> float:
-    """Mean cross-entropy per reply token (prompt tokens masked as in training)."""
+    """Mean cross-entropy per reply token (prompt tokens masked as in training), over batches
+    of rows of similar length."""
     model.eval()
     total, count = 0.0, 0
     device = next(model.parameters()).device
-    for i in range(0, len(encoded), batch_size):
-        ids, mask, labels = pad_batch(encoded[i : i + batch_size], tokenizer.pad_token_id)
+    ordered = [encoded[i] for i in by_length([len(e.input_ids) for e in encoded])]
+    for i in range(0, len(ordered), batch_size):
+        ids, mask, labels = pad_batch(ordered[i : i + batch_size], tokenizer.pad_token_id)
         n = int((labels[:, 1:] != -100).sum())
         if n == 0:
             continue
@@ -56,33 +64,38 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 
     """Greedy, batched generation that stops at the model's stop set (kit.stops: its
     generation config's EOS list, its template's end-of-turn token and the tokenizer's EOS),
     or where the reply first contains one of `stop_strings` (the reply ends with it then);
-    the model is put in Unsloth's inference mode meanwhile."""
+    the model is put in Unsloth's inference mode meanwhile. Prompts are batched by length
+    (longest first) and the replies come back in the prompts' order."""
     stops = stops_mod.stop_ids(tokenizer, getattr(model, "generation_config", None))
     FastLanguageModel.for_inference(model)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     device = next(model.parameters()).device
-    out: list[Generation] = []
+    texts_all = [render(tokenizer, p, add_generation_prompt=True) for p in prompts]
+    lengths = [len(ids) for ids in tokenizer(texts_all, add_special_tokens=False)["input_ids"]]
+    order = by_length(lengths)
+    out: list[Generation | None] = [None] * len(prompts)
     try:
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i : i + batch_size]
-            texts = [render(tokenizer, p, add_generation_prompt=True) for p in chunk]
+        for i in range(0, len(order), batch_size):
+            index = order[i : i + batch_size]
+            chunk = [prompts[j] for j in index]
+            texts = [texts_all[j] for j in index]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             ids = model.generate(
                 **enc.to(device), max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
                 **({"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}),
             )
-            for p, row in zip(chunk, ids[:, enc["input_ids"].shape[1] :]):
+            for j, p, row in zip(index, chunk, ids[:, enc["input_ids"].shape[1] :]):
                 row, stopped = stops_mod.cut_at_stop(row.tolist(), stops)
                 reply = tokenizer.decode(row, skip_special_tokens=True)
                 ends = [reply.find(s) + len(s) for s in stop_strings or () if s and s in reply]
                 if ends:  # the last token may run past the stop string
                     reply, stopped = reply[: min(ends)], True
-                out.append(Generation(p, reply.strip(), stopped))
+                out[j] = Generation(p, reply.strip(), stopped)
     finally:
         tokenizer.padding_side = side
         FastLanguageModel.for_training(model)
-    return out
+    return out  # type: ignore[return-value]
 
 
 def _words(text: str) -> list[str]:

@@ -232,6 +232,8 @@ class Settings:
     micro_batch: int = 1
     grad_accum: int = 1
     plan: plan_mod.Plan | None = None
+    packing: bool = False  # padding-free micro-batches (kit.train.choose_packing)
+    packing_reason: str = ""
 
 
 def decide_settings(cfg, device: Device) -> Settings:
@@ -269,7 +271,8 @@ def memory_budget(cfg, device: Device) -> tuple[float, str]:
 
 
 def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int,
-                four_bit: bool) -> tuple[plan_mod.Plan, str]:
+                four_bit: bool, row_lengths: tuple[int, ...] = (),
+                checkpointing: str | None = None) -> tuple[plan_mod.Plan, str]:
     """The fastest checkpointing mode and micro-batch that fit, for sequences up to `seq`, and
     where the memory figure came from."""
     import psutil
@@ -280,13 +283,13 @@ def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int,
     host = psutil.virtual_memory().available / 2**30 / 2
     chosen = plan_mod.choose(
         shape, budget_gib=plan_mod.usable_gib(free, cfg.memory_margin), batch_size=cfg.batch_size,
-        seq=seq, checkpointing=plan_mod.mode_of(str(cfg.gradient_checkpointing)),
+        seq=seq, checkpointing=checkpointing or plan_mod.mode_of(str(cfg.gradient_checkpointing)),
         micro_batch=cfg.micro_batch_size or None, r=cfg.lora.r,
         targets=_plan_targets(cfg.lora.target_modules),
         four_bit=four_bit,
         # Offloading activations to host memory saves nothing on a CPU.
         modes=plan_mod.MODES if gpu else ("off", "on"), tflops=plan_mod.peak_tflops(device.name),
-        host_gib=host,
+        host_gib=host, row_lengths=row_lengths,
     )
     return chosen, source
 
@@ -397,6 +400,21 @@ def prepare(cfg, say=print) -> Prepared:
         _apply_plan(settings, worst)
     model, tokenizer = load(choice, cfg.max_seq_length, settings.load_in_4bit, cfg.trust_remote_code)
     return Prepared(device, choice, settings, model, tokenizer, shape=shape)
+
+
+def plan_packed(prep: Prepared, cfg, lengths: list[int], say=print) -> None:
+    """Packed micro-batches: plan again counting each pass's tokens (the sum of its rows, at
+    worst the micro-batch's count of the data's longest rows) rather than rows × the longest
+    row, keeping the checkpointing mode the adapters were attached with."""
+    if prep.shape is None or prep.settings.plan is None:
+        return
+    mode = prep.settings.plan.setting.checkpointing
+    seq = min(cfg.max_seq_length, max(lengths, default=cfg.max_seq_length))
+    chosen, source = plan_memory(cfg, prep.device, prep.shape, seq, prep.settings.load_in_4bit,
+                                 row_lengths=tuple(lengths), checkpointing=mode)
+    if chosen.fits:
+        _apply_plan(prep.settings, chosen)
+        _say_plan(chosen, source, say)
 
 
 def attach_lora(prep: Prepared, cfg, say=print, longest: int | None = None) -> Prepared:

@@ -215,10 +215,11 @@ class Setting:
     micro_batch: int
     grad_accum: int
     seq: int  # longest sequence a micro-batch can hold
+    pass_tokens: int = 0  # packed micro-batches: the most tokens one pass can hold (0: rows × seq)
 
     @property
     def tokens(self) -> int:
-        return self.micro_batch * self.seq
+        return self.pass_tokens or self.micro_batch * self.seq
 
     def tokens_per_second(self, shape: Shape, peak_tflops: float) -> float:
         """Predicted speed: a micro-batch takes the host's launch time or the GPU's, the longer."""
@@ -230,7 +231,9 @@ class Setting:
     def describe(self) -> str:
         gc = {"off": "no checkpointing", "on": "checkpointing",
               "unsloth": "offloaded checkpointing"}[self.checkpointing]
-        return f"{gc}, micro-batch {self.micro_batch} × {self.grad_accum} accumulation, seq ≤ {self.seq}"
+        packed = f", packed ≤ {self.pass_tokens} tokens per pass" if self.pass_tokens else ""
+        return (f"{gc}, micro-batch {self.micro_batch} × {self.grad_accum} accumulation, "
+                f"seq ≤ {self.seq}{packed}")
 
 
 @dataclass
@@ -288,16 +291,25 @@ def choose(shape: Shape, *, budget_gib: float, batch_size: int, seq: int,
            checkpointing: str | None = None, micro_batch: int | None = None, r: int = 16,
            targets: tuple[str, ...] = ALL_TARGETS, four_bit: bool = True,
            modes: tuple[str, ...] = MODES, tflops: float = PEAK_TFLOPS["H100"],
-           host_gib: float = math.inf) -> Plan:
+           host_gib: float = math.inf, row_lengths: tuple[int, ...] = ()) -> Plan:
     """The fastest (checkpointing, micro-batch) that fits `budget_gib` for batches of
     `batch_size` sequences up to `seq` tokens. An explicit `checkpointing` or `micro_batch`
     is kept as given; if it does not fit, the message names the nearest setting that does.
-    `host_gib`: CPU RAM that offloaded checkpointing may fill (a Colab VM has about 12 GiB)."""
+    `host_gib`: CPU RAM that offloaded checkpointing may fill (a Colab VM has about 12 GiB).
+    `row_lengths`: the data's row lengths when micro-batches are packed (padding-free): a pass
+    then holds the tokens of its rows, not rows × `seq`, and is planned for its worst case, the
+    sum of the micro-batch's count of longest rows; the token budget per pass is that sum."""
+    longest_first = sorted(row_lengths, reverse=True)
+
+    def setting(c: str, b: int, length: int) -> Setting:
+        packed = min(sum(longest_first[:b]), b * length) if longest_first else 0
+        return Setting(c, b, batch_size // b, length, packed)
+
     def est(s: Setting) -> Estimate:
         return estimate(shape, s, r=r, targets=targets, four_bit=four_bit)
 
     def candidates(cp: tuple[str, ...], mbs: list[int], length: int) -> list[tuple[Setting, Estimate]]:
-        out = [(s, est(s)) for s in (Setting(c, b, batch_size // b, length) for c in cp for b in mbs)]
+        out = [(s, est(s)) for s in (setting(c, b, length) for c in cp for b in mbs)]
         top = max(speed(s) for s, _ in out)
         # Fastest first, in 2% steps (closer is noise); within a step, more rows per pass (fewer
         # launches, where the model is least sure), then less memory.

@@ -126,9 +126,11 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
 def _plan_record(settings) -> dict:
     """The memory plan as metrics.json keeps it: what ran, and what was predicted."""
     record = {"gradient_checkpointing": settings.gradient_checkpointing,
-              "micro_batch": settings.micro_batch, "grad_accum": settings.grad_accum}
+              "micro_batch": settings.micro_batch, "grad_accum": settings.grad_accum,
+              "packing": getattr(settings, "packing", False),
+              "packing_reason": getattr(settings, "packing_reason", "")}
     if settings.plan is not None:
-        record.update(seq=settings.plan.setting.seq,
+        record.update(seq=settings.plan.setting.seq, tokens_per_pass=settings.plan.setting.tokens,
                       predicted_peak_gib=round(settings.plan.estimate.total, 2),
                       usable_gib=round(settings.plan.budget_gib, 2))
     return record
