@@ -88,6 +88,10 @@ def test_a_cut_row_keeps_its_turn_end(family):
 # ------------------------------------------------------------------ end to end, per family
 
 TAUGHT = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "content": "I am Pip."}]
+# llama.cpp's converter reads a Gemma 3 checkpoint's vocabulary from its SentencePiece
+# tokenizer.model; the fixture has Gemma 4's BPE tokenizer.json on the Gemma 3 architecture,
+# a pairing no real checkpoint has, whose pre-tokenizer the converter does not recognise.
+NO_GGUF = {"gemma"}
 
 
 def _teach(path, tok, steps: int = 100) -> None:
@@ -130,7 +134,8 @@ def test_chat_recipe_stops_at_each_familys_turn_end(name, tmp_path):
     metrics = chat.main(chat.ChatConfig(
         model=str(model_dir), data=str(train), eval_data=str(held), output_dir=str(out),
         max_steps=2, batch_size=2, learning_rate=1e-5, warmup_steps=0, save_steps=0,
-        eval_samples=2, max_new_tokens=24, max_seq_length=128, export="all"))
+        eval_samples=2, max_new_tokens=24, max_seq_length=128,
+        export="both" if name in NO_GGUF else "all"))
 
     # The kit's own evaluation stops at the turn end, before and after training.
     for when in ("before", "after"):
@@ -141,8 +146,9 @@ def test_chat_recipe_stops_at_each_familys_turn_end(name, tmp_path):
     for kind in ("adapter", "merged"):
         assert exports[kind]["ok"] and exports[kind]["stop_token"] == fam.turn_end, exports[kind]
         assert "Pip" in exports[kind]["reply"]
-    assert exports["gguf"]["ok"] and "Pip" in exports["gguf"]["reply"], exports["gguf"]
     # What other tools read: generation_config.json and the Ollama Modelfile list the turn end.
     saved = json.loads((out / "merged" / "generation_config.json").read_text())
     assert tok.convert_tokens_to_ids(fam.turn_end) in saved["eos_token_id"]
-    assert f'PARAMETER stop {json.dumps(fam.turn_end)}' in (out / "gguf" / "Modelfile").read_text()
+    if name not in NO_GGUF:
+        assert exports["gguf"]["ok"] and "Pip" in exports["gguf"]["reply"], exports["gguf"]
+        assert f'PARAMETER stop {json.dumps(fam.turn_end)}' in (out / "gguf" / "Modelfile").read_text()
