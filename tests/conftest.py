@@ -44,6 +44,45 @@ def tiny_fim_model_dir(tmp_path_factory, fim_tokenizer) -> Path:
     return _tiny_llama(tmp_path_factory.mktemp("tiny-fim"), fim_tokenizer)
 
 
+@pytest.fixture(scope="session")
+def taught_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """The tiny Llama, taught (full parameters) to answer "Done!" and end its turn, whatever
+    it is asked: for runs whose exports must pass their check (a random model never stops)."""
+    path = _tiny_llama(tmp_path_factory.mktemp("taught-llama"), tokenizer)
+    teach(path, tokenizer, [[{"role": "user", "content": f"Say {w}."},
+                             {"role": "assistant", "content": "Done!"}] for w in SAY_WORDS])
+    return path
+
+
+SAY_WORDS = "yes no maybe hello thanks sure fine great ok cool right left up down".split()
+
+
+def teach(path: Path, tokenizer, conversations: list[list[dict]], steps: int = 150) -> None:
+    """Overfit the saved model in `path` on `conversations` (full parameters, fp32) until it
+    answers them and ends its turn; saved back in bf16 with its generation config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from kit import data
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    rows = [data.encode(tokenizer, c, 128) for c in conversations]
+    ids, mask, labels = data.pad_batch(rows, tokenizer.pad_token_id)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if loss.item() < 0.01:
+            break
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.05, f"the fixture did not learn its conversations (loss {loss.item():.3f})"
+    generation_config = model.generation_config
+    model.to(torch.bfloat16).save_pretrained(path)
+    generation_config.save_pretrained(path)
+
+
 def _tiny_llama(path: Path, tokenizer) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -14,7 +14,7 @@ import json
 
 import families
 import pytest
-from conftest import write_jsonl
+from conftest import teach, write_jsonl
 from families import FAMILIES
 
 from kit import data, stops
@@ -94,30 +94,7 @@ TAUGHT = [{"role": "user", "content": "Who are you?"}, {"role": "assistant", "co
 NO_GGUF = {"gemma"}
 
 
-def _teach(path, tok, steps: int = 100) -> None:
-    """Overfit the saved tiny model on one conversation (full parameters, fp32), so that it
-    answers it and ends its turn: whether it then stops is up to the stop set."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    enc = data.encode(tok, TAUGHT, 128)
-    ids, labels = torch.tensor([enc.input_ids]), torch.tensor([enc.labels])
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    torch.manual_seed(0)
-    for _ in range(steps):
-        loss = model(input_ids=ids, labels=labels).loss
-        if loss.item() < 0.01:
-            break
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss.item() < 0.05, f"the fixture did not learn its conversation (loss {loss.item():.3f})"
-    generation_config = model.generation_config
-    model.to(torch.bfloat16).save_pretrained(path)
-    generation_config.save_pretrained(path)
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_chat_recipe_stops_at_each_familys_turn_end(name, tmp_path):
     from kit.recipe import recipe
@@ -125,7 +102,7 @@ def test_chat_recipe_stops_at_each_familys_turn_end(name, tmp_path):
     fam = FAMILIES[name]
     tok = families.tokenizer(name)
     model_dir = families.tiny_model(name, tmp_path / "model", tok)
-    _teach(model_dir, tok)
+    teach(model_dir, tok, [TAUGHT])
     rows = [{"messages": TAUGHT, "expect": r"\bPip\b"}] * 8
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     held = write_jsonl(tmp_path / "held.jsonl", rows[:2])

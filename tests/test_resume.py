@@ -10,18 +10,18 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, write_jsonl
+from conftest import ROOT, SAY_WORDS, write_jsonl
 
 from kit import checkpoints, preflight, secrets
 from kit.config import RecipeConfig, apply_overrides
 from kit.errors import KitError
 
 ROWS = [{"messages": [{"role": "user", "content": f"Say {w}."}, {"role": "assistant", "content": f"{w}!"}]}
-        for w in "yes no maybe hello thanks sure fine great ok cool right left up down".split()]
+        for w in SAY_WORDS]
 
 
-def command(tiny_model_dir, data, out, *extra):
-    return [sys.executable, str(ROOT / "recipes" / "chat.py"), f"model={tiny_model_dir}", f"data={data}",
+def command(taught_model_dir, data, out, *extra):
+    return [sys.executable, str(ROOT / "recipes" / "chat.py"), f"model={taught_model_dir}", f"data={data}",
             "max_steps=24", "save_steps=3", "batch_size=2", "eval_samples=2", "max_new_tokens=4",
             "export=both", f"output_dir={out}", *extra]
 
@@ -30,14 +30,14 @@ def run(cmd):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
-def test_uninterrupted_killed_and_mirrored_runs(tiny_model_dir, tmp_path):
+def test_uninterrupted_killed_and_mirrored_runs(taught_model_dir, tmp_path):
     """One uninterrupted run (with a fake Hub token in its environment and a mirror), one run
     SIGKILLed after its first checkpoint and started again, and a restart from the mirror
     alone after the local checkpoints are gone."""
     token = "hf_KitFakeToken0123456789abcdef"
     data = write_jsonl(tmp_path / "d.jsonl", ROWS)
     whole, mirror = tmp_path / "whole", tmp_path / "drive"
-    first = subprocess.run(command(tiny_model_dir, data, whole, f"checkpoint_mirror={mirror}"),
+    first = subprocess.run(command(taught_model_dir, data, whole, f"checkpoint_mirror={mirror}"),
                            capture_output=True, text=True, timeout=600, cwd=ROOT,
                            env={**os.environ, "HF_TOKEN": token})
     assert first.returncode == 0, first.stderr[-2000:]
@@ -53,7 +53,7 @@ def test_uninterrupted_killed_and_mirrored_runs(tiny_model_dir, tmp_path):
 
     # Killed after a checkpoint, the same command resumes and ends where the whole run did.
     out = tmp_path / "killed"
-    proc = subprocess.Popen(command(tiny_model_dir, data, out), cwd=ROOT,
+    proc = subprocess.Popen(command(taught_model_dir, data, out), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = out / "checkpoints" / "checkpoint-3" / checkpoints.MARKER
     deadline = time.time() + 300
@@ -65,19 +65,19 @@ def test_uninterrupted_killed_and_mirrored_runs(tiny_model_dir, tmp_path):
     assert not (out / "metrics.json").exists(), "killed too late: the run had finished"
     (out / "checkpoints" / "checkpoint-999").mkdir()  # as if the process died mid-save
 
-    again = run(command(tiny_model_dir, data, out))
+    again = run(command(taught_model_dir, data, out))
     assert again.returncode == 0, again.stderr[-2000:]
     said = again.stdout.replace("\n", "")
     assert "resuming from" in said and "checkpoint-999" in said  # skipped, and said so
     m = json.loads((out / "metrics.json").read_text())
     assert m["train"]["steps"] == steps
-    assert "error" not in m["exports"]["adapter"], m["exports"]  # the final adapter loads
+    assert m["exports"]["adapter"]["ok"], m["exports"]  # the final adapter loads and stops
 
     # A new session where only the mirror survived.
     assert [p.name for p in checkpoints.complete_checkpoints(mirror / "checkpoints")] == [
         "checkpoint-21", "checkpoint-24"]  # save_total_limit=2
     shutil.rmtree(whole / "checkpoints")
-    from_mirror = run(command(tiny_model_dir, data, whole, f"checkpoint_mirror={mirror}"))
+    from_mirror = run(command(taught_model_dir, data, whole, f"checkpoint_mirror={mirror}"))
     assert from_mirror.returncode == 0, from_mirror.stderr[-2000:]
     assert f"resuming from {mirror}" in from_mirror.stdout.replace("\n", "")
 
