@@ -254,6 +254,27 @@ def _score_rows(model, rows: list[_Row], pad: int, device):
     return sums.sum(-1).view(len(rows), n_labels).cpu()
 
 
+LOGIT_BUDGET = 2**26  # logits one batch of label continuations may hold (256 MiB in fp32)
+
+
+def _batches(order: list[int], rows: list[_Row], batch_size: int, vocab: int) -> list[list[int]]:
+    """Consecutive runs of `order` (texts sorted by length): at most `batch_size` texts, and
+    fewer where their labels' logits (texts x labels x label width x vocabulary) would pass
+    LOGIT_BUDGET, as with a long label list and a 150k-256k vocabulary."""
+    out: list[list[int]] = []
+    widest = 0
+    for i in order:
+        width = max(2, max(map(len, rows[i].feeds)))
+        if out and len(out[-1]) < batch_size and \
+                (len(out[-1]) + 1) * len(rows[i].feeds) * max(width, widest) * vocab <= LOGIT_BUDGET:
+            out[-1].append(i)
+            widest = max(width, widest)
+        else:
+            out.append([i])
+            widest = width
+    return out
+
+
 def logliks(model, tokenizer, texts: list[str], label_set: list[str], max_len: int = 512,
             batch_size: int = 16):
     """log P(label | text): the summed log-likelihood of each label's reply tokens (end-of-turn
@@ -274,8 +295,7 @@ def logliks(model, tokenizer, texts: list[str], label_set: list[str], max_len: i
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
+            for chunk in _batches(order, rows, batch_size, len(tokenizer)):
                 out[chunk] = _score_rows(model, [rows[i] for i in chunk], pad, device)
     finally:
         if was_training:

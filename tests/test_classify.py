@@ -144,7 +144,8 @@ def qwen2_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("family", ["smollm2", "qwen2"])
-def test_shared_prompt_scores_equal_full_forward_log_likelihoods(family, tiny_model_dir, qwen2_dir):
+def test_shared_prompt_scores_equal_full_forward_log_likelihoods(family, tiny_model_dir, qwen2_dir,
+                                                                monkeypatch):
     from transformers import AutoTokenizer
 
     path = tiny_model_dir if family == "smollm2" else qwen2_dir
@@ -159,6 +160,9 @@ def test_shared_prompt_scores_equal_full_forward_log_likelihoods(family, tiny_mo
     assert got.shape == want.shape
     assert (want.max() - want.min()) > 1.0  # the scores differ enough to show a mistake
     assert got.numpy() == pytest.approx(want.numpy(), abs=2e-4)
+    # A vocabulary too large for the logit budget: one text per batch, the same numbers.
+    monkeypatch.setattr(classify, "LOGIT_BUDGET", 1)
+    assert classify.logliks(model, tokenizer, texts, LABELS).numpy() == pytest.approx(want.numpy(), abs=2e-4)
 
 
 def test_texts_are_cut_at_their_end_keeping_instruction_and_label(tokenizer):
