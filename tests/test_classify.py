@@ -146,6 +146,7 @@ def qwen2_dir(tmp_path_factory):
 @pytest.mark.parametrize("family", ["smollm2", "qwen2"])
 def test_shared_prompt_scores_equal_full_forward_log_likelihoods(family, tiny_model_dir, qwen2_dir,
                                                                 monkeypatch):
+    import torch
     from transformers import AutoTokenizer
 
     path = tiny_model_dir if family == "smollm2" else qwen2_dir
@@ -160,6 +161,12 @@ def test_shared_prompt_scores_equal_full_forward_log_likelihoods(family, tiny_mo
     assert got.shape == want.shape
     assert (want.max() - want.min()) > 1.0  # the scores differ enough to show a mistake
     assert got.numpy() == pytest.approx(want.numpy(), abs=2e-4)
+    # Nothing cached (the fallback for a row whose prompt would be empty): the same numbers.
+    rows = [classify._row(tokenizer, t, LABELS, 512) for t in texts]
+    with torch.no_grad():
+        unshared = classify._score_rows(model, [classify._unshared(r) for r in rows],
+                                        tokenizer.pad_token_id, "cpu")
+    assert unshared.numpy() == pytest.approx(want.numpy(), abs=2e-4)
     # A vocabulary too large for the logit budget: one text per batch, the same numbers.
     monkeypatch.setattr(classify, "LOGIT_BUDGET", 1)
     assert classify.logliks(model, tokenizer, texts, LABELS).numpy() == pytest.approx(want.numpy(), abs=2e-4)
