@@ -129,34 +129,190 @@ def oversample(texts: list[str], labels: list[str], seed: int) -> tuple[list[str
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def score(model, tokenizer, texts: list[str], label_set: list[str], max_len: int = 512,
-          batch_size: int = 16) -> list[dict[str, float]]:
-    """P(label | text) for every label, from the summed log-likelihood of each label's reply
-    tokens (end-of-turn included), exactly as they are trained."""
+def _conversation_ids(tokenizer, text: str, label_set: list[str], label: str) -> list[int]:
+    rendered = data.render(tokenizer, prompt(text, label_set) + [{"role": "assistant", "content": label}])
+    return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def fit_texts(tokenizer, texts: list[str], label_set: list[str], max_len: int) -> tuple[list[str], int]:
+    """Texts cut at their end so that the rendered prompt (instruction and label list intact)
+    plus the longest label and its end-of-turn token fit `max_len` tokens; and how many were
+    cut. Cutting the message rather than the conversation keeps what scoring needs: the label
+    list at the prompt's head and the label itself. Stops if even an empty message cannot fit."""
+    sizes = {lab: len(_conversation_ids(tokenizer, "", label_set, lab)) for lab in label_set}
+    longest = max(label_set, key=lambda lab: sizes[lab])
+    if sizes[longest] > max_len:
+        fail(f"max_seq_length={max_len} is too short for the classification prompt: with an empty "
+             f"message, the instruction, the {len(label_set)} labels and the longest label "
+             f"({longest!r}) as the reply take {sizes[longest]} tokens; raise max_seq_length "
+             "or shorten the labels")
+    out, n_cut = [], 0
+    for text in texts:
+        size = len(_conversation_ids(tokenizer, text, label_set, longest))
+        if size <= max_len:
+            out.append(text)
+            continue
+        offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        keep = min(len(offsets), max(max_len - sizes[longest], 0))
+        while True:  # token boundaries can shift by a token or two when the text is cut
+            cut = text[: offsets[keep - 1][1]].rstrip() if keep > 0 else ""
+            over = len(_conversation_ids(tokenizer, cut, label_set, longest)) - max_len
+            if over <= 0 or keep == 0:
+                break
+            keep = max(keep - over, 0)
+        out.append(cut)
+        n_cut += 1
+    return out, n_cut
+
+
+def cut_note(n_cut: int, total: int, what: str, max_len: int) -> str:
+    return (f"{n_cut} of {total} {what} texts are too long for max_seq_length={max_len} with the "
+            "prompt and the longest label; their ends were cut (the instruction, the label list "
+            "and the label are kept)")
+
+
+@dataclass
+class _Row:
+    """One text's scoring inputs: the prompt tokens all labels share, then per label the
+    tokens to feed after them, the tokens they predict, and which of those are label tokens."""
+
+    prefix: list[int]
+    feeds: list[list[int]]
+    targets: list[list[int]]
+    counts: list[list[bool]]
+
+
+def _row(tokenizer, text: str, label_set: list[str], max_len: int) -> _Row:
+    encoded = [data.encode(tokenizer, prompt(text, label_set) + [{"role": "assistant", "content": lab}],
+                           max_len) for lab in label_set]
+    seqs = [e.input_ids for e in encoded]
+    firsts = [next((k for k in range(1, len(e.labels)) if e.labels[k] != -100), len(e.labels))
+              for e in encoded]
+    shared = min(min(firsts), min(len(s) for s in seqs) - 1)
+    shared = next((k for k in range(shared) if len({s[k] for s in seqs}) > 1), shared)
+    # The last shared token is fed again with each label: its output predicts the first
+    # label token, and the cached prefix then needs no logits at all.
+    cut = max(shared - 1, 0)
+    return _Row(prefix=seqs[0][:cut],
+                feeds=[s[cut:-1] for s in seqs],
+                targets=[s[cut + 1:] for s in seqs],
+                counts=[[lab != -100 for lab in e.labels[cut + 1:]] for e in encoded])
+
+
+def _unshared(row: _Row) -> _Row:
+    """The same row with nothing cached: the prompt fed again with each label."""
+    if not row.prefix:
+        return row
+    head = row.prefix[1:]
+    return _Row([], [row.prefix + f for f in row.feeds],
+                 [head + f[:1] + t for f, t in zip(row.feeds, row.targets)],
+                 [[False] * len(head) + [False] + c for c in row.counts])
+
+
+def _repeat_cache(cache, times: int):
+    """The prompt's keys/values repeated for each label (row i*times + j: text i, label j)."""
+    if hasattr(cache, "batch_repeat_interleave"):
+        cache.batch_repeat_interleave(times)
+        return cache
+    return tuple(tuple(t.repeat_interleave(times, dim=0) for t in layer) for layer in cache)
+
+
+def _score_rows(model, rows: list[_Row], pad: int, device):
+    """Summed log-likelihood of each label's tokens, (len(rows), n_labels), on the CPU.
+
+    One forward of each prompt (right-padded, no logits), its cache repeated per label, then
+    one forward of all label continuations; log-probabilities only at the label positions."""
     import torch
 
-    pairs = [(i, j) for i in range(len(texts)) for j in range(len(label_set))]
-    encoded = [data.encode(tokenizer, prompt(texts[i], label_set)
-                           + [{"role": "assistant", "content": label_set[j]}], max_len)
-               for i, j in pairs]
-    loglik = torch.full((len(texts), len(label_set)), float("-inf"))
+    n_labels = len(rows[0].feeds)
+    if any(not r.prefix for r in rows):  # an all-padding prompt row would attend to nothing
+        rows = [_unshared(r) for r in rows]
+    width = max(len(r.prefix) for r in rows)
+    past, prefix_mask = None, None
+    lengths = torch.tensor([len(r.prefix) for r in rows])
+    if width:
+        ids = torch.tensor([r.prefix + [pad] * (width - len(r.prefix)) for r in rows])
+        prefix_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        out = model(input_ids=ids.to(device), attention_mask=prefix_mask.to(device), use_cache=True,
+                    logits_to_keep=1)
+        past = _repeat_cache(out.past_key_values, n_labels)
+        prefix_mask = prefix_mask.repeat_interleave(n_labels, dim=0)
+    feeds = [f for r in rows for f in r.feeds]
+    targets = [t for r in rows for t in r.targets]
+    counts = [c for r in rows for c in r.counts]
+    w = max(2, max(len(f) for f in feeds))  # at least 2: a single new token takes a decode path
+    ids = torch.tensor([f + [pad] * (w - len(f)) for f in feeds])
+    mask = torch.tensor([[1] * len(f) + [0] * (w - len(f)) for f in feeds])
+    target = torch.tensor([t + [0] * (w - len(t)) for t in targets])
+    counted = torch.tensor([c + [False] * (w - len(c)) for c in counts])
+    positions = lengths.repeat_interleave(n_labels)[:, None] + torch.arange(w)[None, :]
+    if prefix_mask is not None:
+        mask = torch.cat([prefix_mask, mask], dim=1)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                   position_ids=positions.to(device), past_key_values=past, use_cache=past is not None).logits
+    counted = counted.to(logits.device)
+    picked = logits[counted].float()  # only the positions that predict a label token
+    logp = picked.gather(-1, target.to(logits.device)[counted][:, None]).squeeze(-1) - picked.logsumexp(-1)
+    sums = torch.zeros(counted.shape, dtype=torch.float32, device=logits.device)
+    sums[counted] = logp
+    return sums.sum(-1).view(len(rows), n_labels).cpu()
+
+
+LOGIT_BUDGET = 2**26  # logits one batch of label continuations may hold (256 MiB in fp32)
+
+
+def _batches(order: list[int], rows: list[_Row], batch_size: int, vocab: int) -> list[list[int]]:
+    """Consecutive runs of `order` (texts sorted by length): at most `batch_size` texts, and
+    fewer where their labels' logits (texts x labels x label width x vocabulary) would pass
+    LOGIT_BUDGET, as with a long label list and a 150k-256k vocabulary."""
+    out: list[list[int]] = []
+    widest = 0
+    for i in order:
+        width = max(2, max(map(len, rows[i].feeds)))
+        if out and len(out[-1]) < batch_size and \
+                (len(out[-1]) + 1) * len(rows[i].feeds) * max(width, widest) * vocab <= LOGIT_BUDGET:
+            out[-1].append(i)
+            widest = max(width, widest)
+        else:
+            out.append([i])
+            widest = width
+    return out
+
+
+def logliks(model, tokenizer, texts: list[str], label_set: list[str], max_len: int = 512,
+            batch_size: int = 16):
+    """log P(label | text): the summed log-likelihood of each label's reply tokens (end-of-turn
+    included), exactly as they are trained; a (texts, labels) float tensor on the CPU.
+
+    Texts too long for `max_len` are cut at their end (see `fit_texts`). Texts are batched
+    by length (a long one pads only its own batch), each prompt runs once, and
+    log-probabilities are computed only where a label token is predicted."""
+    import torch
+
+    texts, _ = fit_texts(tokenizer, texts, label_set, max_len)
+    rows = [_row(tokenizer, t, label_set, max_len) for t in texts]
+    order = sorted(range(len(rows)), key=lambda i: (len(rows[i].prefix), max(map(len, rows[i].feeds))))
+    out = torch.empty((len(texts), len(label_set)))
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for start in range(0, len(pairs), batch_size):
-            ids, mask, labels = data.pad_batch(encoded[start : start + batch_size], pad)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            target = labels[:, 1:]
-            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            sums = (picked * (target != -100)).sum(-1)
-            for k, (i, j) in enumerate(pairs[start : start + batch_size]):
-                loglik[i, j] = sums[k]
-    if was_training:
-        model.train()
-    probs = torch.softmax(loglik, dim=-1)
+    try:
+        with torch.no_grad():
+            for chunk in _batches(order, rows, batch_size, len(tokenizer)):
+                out[chunk] = _score_rows(model, [rows[i] for i in chunk], pad, device)
+    finally:
+        if was_training:
+            model.train()
+    return out
+
+
+def score(model, tokenizer, texts: list[str], label_set: list[str], max_len: int = 512,
+          batch_size: int = 16) -> list[dict[str, float]]:
+    """P(label | text) for every label: the softmax over labels of `logliks`."""
+    import torch
+
+    probs = torch.softmax(logliks(model, tokenizer, texts, label_set, max_len, batch_size), dim=-1)
     return [{lab: round(float(p), 4) for lab, p in zip(label_set, row)} for row in probs]
 
 
@@ -203,22 +359,29 @@ def confusion_table(result: dict, title: str):
     return table
 
 
-def labels_file(label_set: list[str]) -> str:
-    return json.dumps({"labels": label_set, "instruction": INSTRUCTION}, indent=2)
+def labels_file(label_set: list[str], max_seq_length: int | None = None) -> str:
+    meta = {"labels": label_set, "instruction": INSTRUCTION}
+    if max_seq_length:
+        meta["max_seq_length"] = max_seq_length  # predict() cuts long texts as training did
+    return json.dumps(meta, indent=2)
 
 
-def predict(folder: str | Path, texts: list[str]) -> list[tuple[str, dict[str, float]]]:
+def predict(folder: str | Path, texts: list[str], max_len: int | None = None
+            ) -> list[tuple[str, dict[str, float]]]:
     """Labels with a probability per class for `texts`, from a saved adapter/ or merged/
-    folder of the classification recipe (plain peft/transformers; no training stack)."""
+    folder of the classification recipe (plain peft/transformers; no training stack).
+    A text longer than `max_len` tokens with the prompt and the longest label (default: the
+    run's max_seq_length from labels.json, else 512) is cut at its end (see `fit_texts`)."""
     from kit.verify import load_exported
 
     folder = Path(folder)
     meta_path = folder / LABELS_FILE
     if not meta_path.is_file():
         fail(f"{folder} has no {LABELS_FILE}: not an output of the classification recipe")
-    label_set = json.loads(meta_path.read_text())["labels"]
+    meta = json.loads(meta_path.read_text())
+    label_set = meta["labels"]
     model, tokenizer = load_exported(folder)
-    probs = score(model, tokenizer, texts, label_set)
+    probs = score(model, tokenizer, texts, label_set, max_len or meta.get("max_seq_length") or 512)
     return [(max(p, key=p.get), p) for p in probs]
 
 

@@ -73,7 +73,14 @@ def main(cfg: ClassificationConfig) -> dict:
     prep = models.prepare(cfg, say)
     tokenizer = prep.tokenizer
 
-    # 3. Each example: the prompt (with the label list) and the label as the reply.
+    # 3. Each example: the prompt (with the label list) and the label as the reply. A text too
+    #    long for max_seq_length is cut at its end, never the instruction, the label list or
+    #    the label: the prompt plus the longest label and its end-of-turn token must fit.
+    texts, n_cut = classify.fit_texts(tokenizer, texts, d.labels, cfg.max_seq_length)
+    test_texts, n_test_cut = classify.fit_texts(tokenizer, d.test_texts, d.labels, cfg.max_seq_length)
+    for n, total, what in ((n_cut, len(texts), "train"), (n_test_cut, len(test_texts), "held-out")):
+        if n:
+            warn(classify.cut_note(n, total, what, cfg.max_seq_length))
     train_examples = classify.to_examples(texts, labels, d.labels)
     train_enc, notes = data.encode_all(tokenizer, train_examples, cfg.max_seq_length, "train")
     for note in notes:
@@ -85,7 +92,7 @@ def main(cfg: ClassificationConfig) -> dict:
 
     # 5. Evaluate before training: every label scored for every held-out text.
     step("Evaluate before training")
-    before = classify.evaluate(prep.model, tokenizer, d.test_texts, d.test_labels, d.labels,
+    before = classify.evaluate(prep.model, tokenizer, test_texts, d.test_labels, d.labels,
                                cfg.max_seq_length)
     console.print(classify.confusion_table(before, "before training"))
 
@@ -95,7 +102,7 @@ def main(cfg: ClassificationConfig) -> dict:
 
     # 7. Evaluate after training.
     step("Evaluate after training")
-    after = classify.evaluate(prep.model, tokenizer, d.test_texts, d.test_labels, d.labels,
+    after = classify.evaluate(prep.model, tokenizer, test_texts, d.test_labels, d.labels,
                               cfg.max_seq_length)
     console.print(classify.confusion_table(after, "after training"))
 
@@ -103,13 +110,14 @@ def main(cfg: ClassificationConfig) -> dict:
     step("Export")
     exports = export.export_and_verify(
         prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
-        classify.prompt(d.test_texts[0], d.labels), progress=say,  # its true label: d.test_labels[0]
-        extra_files={classify.LABELS_FILE: classify.labels_file(d.labels)},
+        classify.prompt(test_texts[0], d.labels), progress=say,  # its true label: d.test_labels[0]
+        extra_files={classify.LABELS_FILE: classify.labels_file(d.labels, cfg.max_seq_length)},
         gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
     metrics = finish("classification", cfg, prep, result, before, after, exports, started,
                    held_out=len(d.test_texts), extra={"labels": d.labels})
+    export.require_ok(exports)  # an export that failed its fresh-process check fails the run
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
