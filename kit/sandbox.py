@@ -9,7 +9,8 @@ Kaggle; not inside Docker's default seccomp profile). What each guarantee rests 
 - files: new user and mount namespaces and `pivot_root` into a root that holds read-only binds
   of /usr, /lib*, /bin, /sbin, two /etc files and the running Python's own prefix (its venv or
   pyenv folder, not the folders around it), plus a private tmpfs at /work (also /tmp) of
-  `disk_mb` MiB. The rest of the machine (home, ~/.cache/huggingface, the repository, other
+  `disk_mb` MiB (when that Python lives under /tmp, /tmp is a second private tmpfs of the same
+  size holding its read-only view). The rest of the machine (home, ~/.cache/huggingface, the repository, other
   runs, /proc, /sys) is not in that mount namespace at all. When the kit runs as root the code
   also runs as an unprivileged uid (nobody), so a root-only file would stay unreadable even if
   it were visible.

@@ -92,6 +92,14 @@ def _build_root(cfg, ctypes, libc):
     root = cfg["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("kit-sandbox", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,nr_inodes=4096,mode=0755")
+    # Python itself may live under /tmp (a venv in a checkout there): then /tmp is a private
+    # size-limited tmpfs of its own that holds those read-only views, instead of a link into
+    # the work folder.
+    tmp_binds = any(p == "/tmp" or p.startswith("/tmp/") for p in cfg["binds"])
+    if tmp_binds:
+        os.makedirs(root + "/tmp")
+        mount("kit-tmp", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+              f"size={cfg['disk_mb']}m,nr_inodes=4096,mode=1777")
     for path in cfg["binds"]:  # read-only views of the system and of Python, nothing else
         dst = root + path
         if os.path.islink(path):
@@ -113,7 +121,8 @@ def _build_root(cfg, ctypes, libc):
     os.makedirs(root + work)
     mount("kit-work", root + work, "tmpfs", MS_NOSUID | MS_NODEV,
           f"size={cfg['disk_mb']}m,nr_inodes=4096,mode=0777")
-    os.symlink(work + "/tmp", root + "/tmp")
+    if not tmp_binds:
+        os.symlink(work + "/tmp", root + "/tmp")
     # Swap roots and drop the old one: the host's files are then unreachable, not just hidden.
     os.chdir(root)
     nr = SYS_PIVOT_ROOT.get(os.uname().machine)
