@@ -49,10 +49,21 @@ def after_reply(tokenizer) -> str | None:
     return None if at < 0 else text[at + len(_MARK):]
 
 
+_TURN_ENDS: dict[tuple[int, str], str | None] = {}  # (tokenizer, template) → its turn end
+
+
 def turn_end(tokenizer) -> str | None:
     """The token that ends an assistant turn in this model's chat template: the first special
     token rendered after a reply (`<|im_end|>`, `<|eot_id|>`, `<|end|>`, `<end_of_turn>`,
-    `</s>`...), or None when the template writes none."""
+    `</s>`...), or None when the template writes none. Worked out once per tokenizer and
+    template (every encoded row asks)."""
+    key = (id(tokenizer), str(getattr(tokenizer, "chat_template", "")))
+    if key not in _TURN_ENDS:
+        _TURN_ENDS[key] = _find_turn_end(tokenizer)
+    return _TURN_ENDS[key]
+
+
+def _find_turn_end(tokenizer) -> str | None:
     tail = after_reply(tokenizer)
     if not tail:
         return None
