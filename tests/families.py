@@ -12,7 +12,6 @@ checked against llama.cpp's expected ids (tests/test_families.py), and cached.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import tarfile
@@ -285,10 +284,6 @@ def strip_think(text: str) -> str:
     """Qwen3's template opens the last reply with an empty think block; the model learns it."""
     return re.sub(r"^<think>\n\n</think>\n\n", "", text)
 
-
-def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj))
-    return path
 
 
 def write_sentencepiece_model(vocab_file: Path, path: Path) -> Path:
