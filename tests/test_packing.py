@@ -2,11 +2,9 @@
 `packing=` rule, and a recipe trains to the same held-out metrics packed and padded."""
 
 import json
-import sys
 
 import pytest
 import torch
-from conftest import ROOT
 
 from kit import data, models, train
 from kit.config import RecipeConfig, apply_overrides
@@ -155,15 +153,11 @@ def test_plan_counts_tokens_per_pass_when_packed():
 def test_chat_recipe_same_heldout_metrics_packed_and_padded(tmp_path, tiny_model_dir, monkeypatch):
     """The chat recipe's own main() on the built-in data, twice in this process (the exports'
     fresh-process checks are skipped: other tests cover them)."""
-    import importlib.util
-
     from kit import export
     from kit.config import parse_cli
+    from kit.recipe import recipe
 
-    spec = importlib.util.spec_from_file_location("recipe_chat", ROOT / "recipes" / "chat.py")
-    chat = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "recipe_chat", chat)  # its dataclasses look themselves up
-    spec.loader.exec_module(chat)
+    chat = recipe("chat")
     monkeypatch.setattr(export, "export_and_verify", lambda *a, **k: {})
     runs = {}
     for mode in ("on", "off"):
