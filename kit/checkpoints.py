@@ -25,7 +25,8 @@ MARKER = "kit_complete.json"
 RUN_CONFIG = "run_config.json"
 # Keys that may change between a run and its resumption without making it another run.
 _FREE_KEYS = {"output_dir", "resume", "overwrite", "checkpoint_mirror", "save_steps",
-              "save_total_limit", "eval_samples", "eval_limit", "max_new_tokens", "export"}
+              "save_total_limit", "eval_samples", "eval_limit", "max_new_tokens", "export",
+              "nproc"}  # a killed run may resume on another number of processes
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -168,8 +169,11 @@ class CompleteMarker(TrainerCallback):
         self.folder, self.mirror, self.keep, self.say = folder, mirror, keep, say
 
     def on_save(self, args, state, control, **kw):
+        from kit import launch
+
+        launch.barrier()  # every rank has written its part (its RNG state) before the marker
         path = self.folder / f"checkpoint-{state.global_step}"
-        if not path.is_dir():
+        if not launch.is_main() or not path.is_dir():
             return
         (path / MARKER).write_text(json.dumps({"step": state.global_step, "max_steps": state.max_steps}))
         if self.mirror:

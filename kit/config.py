@@ -115,6 +115,10 @@ class RecipeConfig:
     (comma-separated). Nothing is sent anywhere unless you name one."""
     trust_remote_code: bool = False
     """Run code shipped in a model's Hub repository (only for models you trust)."""
+    nproc: int = 0
+    """Training processes, one per GPU (data-parallel through torch's launcher; `batch_size`
+    stays the effective batch). 0: every visible GPU, or, for a model too big for one card,
+    its layers split over them in one process. On CPU, N > 1 runs N gloo processes."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapter settings (`lora.r=32`, ...)."""
 
@@ -231,6 +235,7 @@ def apply_overrides(cfg: Any, args: list[str]) -> Any:
 # left to the field's meaning (learning_rate=None: the default for the model's size).
 _RANGES: dict[str, tuple[Any, str]] = {
     "max_steps": (lambda v: v > 0, "a whole number above 0"),
+    "nproc": (lambda v: 0 <= v <= 64, "0 (every GPU) or a number of processes up to 64"),
     "batch_size": (lambda v: v > 0, "a whole number above 0"),
     "micro_batch_size": (lambda v: v >= 0, "0 (auto) or more"),
     "gpu_memory_gib": (lambda v: v >= 0, "0 (the card's free memory) or a size in GiB"),

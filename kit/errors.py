@@ -55,7 +55,8 @@ def run_cli(fn: Callable[[list[str]], object], argv: list[str] | None = None) ->
     try:
         fn(sys.argv[1:] if argv is None else argv)
     except KitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if not getattr(exc, "quiet", False):  # quiet: said already, by rank 0 or a rank
+            print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except Terminated:
         print(f"error: stopped by SIGTERM{_resume_hint()}", file=sys.stderr)

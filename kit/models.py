@@ -10,7 +10,7 @@ import torch
 import unsloth  # noqa: F401  (patches transformers/peft/trl; must come before them)
 from unsloth import FastLanguageModel
 
-from kit import embedded
+from kit import embedded, launch
 from kit import plan as plan_mod
 from kit.errors import fail
 
@@ -109,11 +109,14 @@ def _check_hub_model(name: str) -> None:
 
 
 def load(choice: ModelChoice, max_seq_length: int, load_in_4bit: bool,
-         trust_remote_code: bool = False):
-    """Load model and tokenizer through Unsloth; a model that cannot be found is one clear line."""
+         trust_remote_code: bool = False, device_map: str | None = None):
+    """Load model and tokenizer through Unsloth; a model that cannot be found is one clear line.
+    `device_map="balanced"` spreads the layers over every visible GPU; by default Unsloth puts
+    the whole model on this process's GPU (LOCAL_RANK's under torchrun)."""
     from kit.secrets import hub_token, redact
 
     token = hub_token()
+    placement = {"device_map": device_map} if device_map else {}
     try:
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=choice.path,
@@ -122,6 +125,7 @@ def load(choice: ModelChoice, max_seq_length: int, load_in_4bit: bool,
             dtype=None,  # Unsloth picks bf16 where supported, else fp16
             token=token,
             trust_remote_code=trust_remote_code,
+            **placement,
         )
     except (OSError, ValueError, RuntimeError) as exc:
         text = redact(str(exc), token)
@@ -225,6 +229,60 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 @dataclass
+class Parallel:
+    """How a run uses the machine's GPUs (`parallel`)."""
+
+    processes: int  # data-parallel training processes, each with the whole model on its GPU
+    split: bool  # one process, the model's layers spread over every GPU (device_map="balanced")
+    why: str
+
+
+def visible_gpus(device: Device) -> int:
+    return torch.cuda.device_count() if device.gpu and torch.cuda.is_available() else 0
+
+
+def parallel(cfg, say=print, device: Device | None = None, gpus: int | None = None) -> Parallel:
+    """`nproc` and the visible GPUs, settled with the memory plan before any process starts:
+    data-parallel, one process per GPU, when the whole model and a share of the batch fit one
+    card; with `nproc=0` and a model that fits only all the cards together, one process with its
+    layers split over them (slower: one card works at a time). On CPU, `nproc=N` runs N gloo
+    processes (how the tests exercise the path). A run that fits neither way stops here."""
+    device = device or detect_device()
+    gpus = visible_gpus(device) if gpus is None else gpus
+    if not device.gpu:
+        n = max(cfg.nproc, 1)
+        launch.check_batch(cfg, n)
+        return Parallel(n, False, f"nproc={n}: {n} processes on CPU (gloo)" if n > 1 else "one process")
+    if cfg.nproc > max(gpus, 1):
+        fail(f"nproc={cfg.nproc}, but this machine shows {gpus} GPU(s); use nproc=0 (every GPU) "
+             f"or at most {gpus}")
+    n = cfg.nproc or max(gpus, 1)
+    if n == 1 and not (cfg.nproc == 0 and gpus > 1):
+        return Parallel(1, False, "one process, one GPU")
+    launch.check_batch(cfg, n)
+    choice = resolve_model(cfg.model, device, progress=say)
+    settings = decide_settings(cfg, device)
+    try:
+        shape = plan_mod.read_shape(choice.path)
+    except (OSError, ValueError):
+        return Parallel(n, False, f"{n} processes, one per GPU (no memory plan for this model)")
+    one, _ = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit, world=n)
+    if one.fits:
+        return Parallel(n, False, f"data-parallel: {n} processes, one per GPU, each with the whole "
+                                  f"model and {cfg.batch_size // n} of batch_size={cfg.batch_size} "
+                                  f"(per GPU: {one.estimate.total:.1f} GiB)")
+    if cfg.nproc <= 1 and gpus > 1:
+        split, _ = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit,
+                               world=1, cards=gpus)
+        if split.fits:
+            return Parallel(1, True, f"layers split over {gpus} GPUs in one process "
+                                     f"(device_map=balanced): {one.estimate.total:.1f} GiB does "
+                                     "not fit one card")
+    fail(f"{choice.label} does not fit: {one.message}"
+         + ("" if cfg.nproc <= 1 else "; nproc=0 lets the plan split its layers over the GPUs"))
+
+
+@dataclass
 class Settings:
     load_in_4bit: bool
     gradient_checkpointing: bool | str  # as Unsloth's get_peft_model takes it
@@ -232,6 +290,7 @@ class Settings:
     micro_batch: int = 1
     grad_accum: int = 1
     plan: plan_mod.Plan | None = None
+    split: bool = False  # layers spread over every GPU in one process (`parallel`)
     packing: bool = False  # padding-free micro-batches (kit.train.choose_packing)
     packing_reason: str = ""
 
@@ -248,10 +307,11 @@ def decide_settings(cfg, device: Device) -> Settings:
         fail("load_in_4bit=true needs a GPU: bitsandbytes' 4-bit layers and Unsloth's merge "
              "into a 4-bit base do not run on CPU")
     mode = plan_mod.mode_of(str(cfg.gradient_checkpointing))
-    micro = cfg.micro_batch_size or cfg.batch_size
+    share = launch.per_rank_batch(cfg)  # batch_size is the effective batch, all ranks together
+    micro = cfg.micro_batch_size or share
     # Until a plan replaces it (a model whose config has no plan): the old safe choice.
     mode = mode or ("unsloth" if device.gpu else "off")
-    return Settings(four_bit, _UNSLOTH_GC[mode], notes, micro, cfg.batch_size // micro)
+    return Settings(four_bit, _UNSLOTH_GC[mode], notes, micro, share // micro)
 
 
 _UNSLOTH_GC: dict[str, bool | str] = {"off": False, "on": True, "unsloth": "unsloth"}
@@ -272,17 +332,23 @@ def memory_budget(cfg, device: Device) -> tuple[float, str]:
 
 def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int,
                 four_bit: bool, row_lengths: tuple[int, ...] = (),
-                checkpointing: str | None = None) -> tuple[plan_mod.Plan, str]:
+                checkpointing: str | None = None, world: int = 0,
+                cards: int = 1) -> tuple[plan_mod.Plan, str]:
     """The fastest checkpointing mode and micro-batch that fit, for sequences up to `seq`, and
-    where the memory figure came from."""
+    where the memory figure came from. Per GPU: each of `world` data-parallel ranks (default:
+    this run's) takes its share of `batch_size`; `cards` > 1 plans one process whose layers are
+    split over that many cards like this one (less a tenth, as layers do not split evenly)."""
     import psutil
 
     free, source = memory_budget(cfg, device)
+    if cards > 1:
+        free, source = free * cards * 0.9, f"{cards} × {source}, layers split"
     gpu = device.gpu or bool(cfg.gpu_memory_gib)
     # Offloaded activations may take half the host's free RAM; the rest is the data and Python.
     host = psutil.virtual_memory().available / 2**30 / 2
     chosen = plan_mod.choose(
-        shape, budget_gib=plan_mod.usable_gib(free, cfg.memory_margin), batch_size=cfg.batch_size,
+        shape, budget_gib=plan_mod.usable_gib(free, cfg.memory_margin),
+        batch_size=launch.per_rank_batch(cfg, world or None),
         seq=seq, checkpointing=checkpointing or plan_mod.mode_of(str(cfg.gradient_checkpointing)),
         micro_batch=cfg.micro_batch_size or None, r=cfg.lora.r,
         targets=_plan_targets(cfg.lora.target_modules),
@@ -326,7 +392,7 @@ def read_shape(choice: ModelChoice, say=print, settings: Settings | None = None,
         fallback = ""
         if settings is not None:
             settings.micro_batch = cfg.micro_batch_size or 1
-            settings.grad_accum = cfg.batch_size // settings.micro_batch
+            settings.grad_accum = launch.per_rank_batch(cfg) // settings.micro_batch
             gc = {"unsloth": "offloaded checkpointing", True: "checkpointing",
                   False: "no checkpointing"}[settings.gradient_checkpointing]
             fallback = (f"; using safe settings: {gc}, micro-batch {settings.micro_batch} × "
@@ -353,7 +419,18 @@ def show_plan(cfg) -> plan_mod.Plan | None:
     say(f"model: {choice.label}: {shape.params / 1e9:.2f}B parameters, {shape.layers} layers, "
         f"hidden {shape.hidden}, vocabulary {shape.vocab}; "
         f"{'4-bit' if settings.load_in_4bit else '16-bit'} base")
-    chosen, source = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
+    simulated = not detect_device().gpu  # gpu_memory_gib on a CPU machine: nproc cards like it
+    gpus = max(cfg.nproc, 1) if simulated else visible_gpus(device)
+    world, cards = 1, 1
+    if gpus > 1:
+        import dataclasses
+
+        asked = dataclasses.replace(cfg, nproc=0) if simulated else cfg
+        way = parallel(asked, say, device, gpus=gpus)
+        world, cards = way.processes, (gpus if way.split else 1)
+        say(f"GPUs: {gpus}{' (as nproc says)' if simulated else ''}; {way.why}")
+    chosen, source = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit,
+                                 world=world, cards=cards)
     if not chosen.fits:
         say(f"  estimate: {chosen.estimate.describe()} GiB")
         fail(chosen.message)
@@ -393,13 +470,24 @@ def prepare(cfg, say=print) -> Prepared:
     say(f"model: {choice.label} ({choice.reason}); " + "; ".join(settings.notes))
     shape = read_shape(choice, say, settings, cfg)  # also brings a Hub config.json into the cache
     check_targets(cfg.lora.target_modules, choice)
+    cards = 1
+    if not launch.in_ranks() and visible_gpus(device) > 1:
+        way = parallel(cfg, say, device)  # here: one process, so the layers may be split
+        settings.split, cards = way.split, (visible_gpus(device) if way.split else 1)
+        say(way.why)
     if shape is not None:  # worst case: every row max_seq_length long
-        worst, _ = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit)
+        worst, _ = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit,
+                               cards=cards)
         if not worst.fits:
             fail(f"{choice.label} at max_seq_length={cfg.max_seq_length} {worst.message}")
         _apply_plan(settings, worst)
-    model, tokenizer = load(choice, cfg.max_seq_length, settings.load_in_4bit, cfg.trust_remote_code)
+    model, tokenizer = load(choice, cfg.max_seq_length, settings.load_in_4bit, cfg.trust_remote_code,
+                            device_map="balanced" if settings.split else None)
     return Prepared(device, choice, settings, model, tokenizer, shape=shape)
+
+
+def _cards(prep: Prepared) -> int:
+    return visible_gpus(prep.device) if prep.settings.split else 1
 
 
 def plan_packed(prep: Prepared, cfg, lengths: list[int], say=print) -> None:
@@ -411,7 +499,7 @@ def plan_packed(prep: Prepared, cfg, lengths: list[int], say=print) -> None:
     mode = prep.settings.plan.setting.checkpointing
     seq = min(cfg.max_seq_length, max(lengths, default=cfg.max_seq_length))
     chosen, source = plan_memory(cfg, prep.device, prep.shape, seq, prep.settings.load_in_4bit,
-                                 row_lengths=tuple(lengths), checkpointing=mode)
+                                 row_lengths=tuple(lengths), checkpointing=mode, cards=_cards(prep))
     if chosen.fits:
         _apply_plan(prep.settings, chosen)
         _say_plan(chosen, source, say)
@@ -422,7 +510,8 @@ def attach_lora(prep: Prepared, cfg, say=print, longest: int | None = None) -> P
     and settle the learning rate."""
     if prep.shape is not None:
         seq = min(cfg.max_seq_length, longest or cfg.max_seq_length)
-        chosen, source = plan_memory(cfg, prep.device, prep.shape, seq, prep.settings.load_in_4bit)
+        chosen, source = plan_memory(cfg, prep.device, prep.shape, seq, prep.settings.load_in_4bit,
+                                     cards=_cards(prep))
         if chosen.fits:  # a shorter longest row only ever frees memory
             _apply_plan(prep.settings, chosen)
         _say_plan(prep.settings.plan, source, say)

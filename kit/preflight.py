@@ -3,6 +3,7 @@ the token or packages the end of the run will need."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -60,12 +61,18 @@ def start(cfg) -> None:
     from kit.config import validate
     from kit.report import escape, say
 
+    from kit import launch
+
     validate(cfg)
     check_services(cfg)
-    claim_output_dir(cfg)
-    removed = remove_stale(cfg.output_dir)
-    if removed:
-        say(escape(removed))
+    # Among several ranks, rank 0 claims output_dir, unless the process that launched the ranks
+    # holds it already (kit.launch); the others wait until it has.
+    if launch.is_main() and not os.environ.get(launch.LAUNCHED):
+        claim_output_dir(cfg)
+        removed = remove_stale(cfg.output_dir)
+        if removed:
+            say(escape(removed))
+    launch.barrier()
 
 
 # The package each `report_to=` logger needs.

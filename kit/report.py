@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-console = Console(highlight=False)
+# Among several training processes only rank 0 talks (errors still reach stderr from any).
+console = Console(highlight=False, quiet=os.environ.get("RANK", "0") != "0")
 
 
 def say(message: str) -> None:
@@ -78,6 +79,7 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
     import time
 
     from kit.evaluate import improved
+    from kit.launch import world_size
     from kit.train import peak_memory_gib
 
     out = Path(cfg.output_dir)
@@ -94,6 +96,7 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
                   "loss_first": result.losses[0], "loss_last": result.losses[-1],
                   "losses": result.losses, "learning_rates": result.learning_rates,
                   "peak_memory_gib": round(peak, 2), "peak_memory_kind": peak_kind},
+        "world_size": world_size(),
         "trainable_parameters": prep.trainable, "total_parameters": prep.total,
         "learning_rate": prep.learning_rate,
         "memory_plan": _plan_record(prep.settings),
@@ -109,7 +112,8 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
     except Exception as exc:
         warn(f"could not draw {out / 'report.png'}: {exc}")
     rows = [
-        ("device", prep.device.name), ("model", prep.choice.label),
+        ("device", prep.device.name + (f" × {world_size()} processes" if world_size() > 1 else "")),
+        ("model", prep.choice.label),
         ("trainable", f"{prep.trainable:,} ({100 * prep.trainable / prep.total:.2f}%)"),
         ("steps", str(result.steps)), ("tokens/s", f"{result.tokens_per_second:,.0f}"),
         (f"peak {peak_kind}", f"{peak:.2f} GiB"),

@@ -14,6 +14,7 @@ from transformers import DataCollatorForSeq2Seq, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+from kit import launch
 from kit.config import loggers
 from kit.data import Encoded
 
@@ -109,6 +110,7 @@ class RichProgressCallback(TrainerCallback):
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            disable=not launch.is_main(),
         )
         self.task = None
 
@@ -170,6 +172,11 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
         dataset_kwargs={"skip_prepare_dataset": True},
         remove_unused_columns=False,
         dataloader_pin_memory=gpu,
+        # Several ranks (kit.launch): gloo on CPU, NCCL between GPUs; every parameter that
+        # trains gets a gradient, so DDP need not search for unused ones.
+        ddp_backend=None if gpu or not launch.in_ranks() else "gloo",
+        ddp_find_unused_parameters=False,
+        ddp_timeout=int(launch.WAIT.total_seconds()),
     )
     trainer = SFTTrainer(
         model=model,
@@ -188,7 +195,7 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
     out = trainer.train(resume_from_checkpoint=resume_from)
     result.seconds = time.perf_counter() - start
     result.steps = out.global_step
-    result.tokens = collator.tokens
+    result.tokens = launch.total(collator.tokens)  # every rank's share
     # The full curve, including steps logged before a resume (kept in the checkpoint's state).
     logged = [h for h in trainer.state.log_history if "loss" in h]
     result.losses = [float(h["loss"]) for h in logged]
@@ -241,13 +248,15 @@ def run(prep, encoded: list[Encoded], cfg, say=print) -> TrainResult:
         resume_from, notes = checkpoints.latest(cfg.output_dir, cfg.checkpoint_mirror)
         for note in notes:
             say(note)
-    else:
+    elif launch.is_main():
         shutil.rmtree(folder, ignore_errors=True)
+    launch.barrier()  # no rank looks for checkpoints while rank 0 clears them
     if resume_from is not None:
         step = checkpoints.step_of(resume_from)
         say(f"resuming from {resume_from} (step {step} of {cfg.max_steps})"
             + ("; training is already complete" if step >= cfg.max_steps else ""))
-    checkpoints.record_run_config(cfg)
+    if launch.is_main():
+        checkpoints.record_run_config(cfg)
     marker = checkpoints.CompleteMarker(folder, cfg.checkpoint_mirror, cfg.save_total_limit, say)
     packing, why = choose_packing(cfg, prep.model, encoded, prep.settings.micro_batch)
     say(why)

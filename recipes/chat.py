@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # kit's modules import Unsloth before transformers, trl and peft, so it can patch them.
-from kit import data, evaluate, export, hub, models, preflight, train
+from kit import data, evaluate, export, hub, launch, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import escape, finish, say, step, warn
@@ -56,6 +56,12 @@ def main(cfg: ChatConfig) -> dict:
     for note in splits.notes:
         say(note)
 
+    # Several GPUs (or nproc=N): one training process per GPU through torch's launcher; this
+    # process waits for them and returns rank 0's metrics. In those ranks, rank 0 alone
+    # evaluates, exports and pushes (launch.on_main); the others wait for its results.
+    if (n := launch.processes(cfg, say)) > 1:
+        return launch.run_ranks(cfg, __file__, n, say)
+
     # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU; a run that cannot fit the card stops here,
     #    before any weight loads.
     step("Model")
@@ -74,8 +80,8 @@ def main(cfg: ChatConfig) -> dict:
 
     # 5. Evaluate before training.
     step("Evaluate before training")
-    before, gens_before = evaluate.evaluate(prep.model, tokenizer, splits.test, test_enc,
-                                            cfg.max_new_tokens, cfg.eval_samples)
+    before, gens_before = launch.on_main(evaluate.evaluate, prep.model, tokenizer, splits.test,
+                                         test_enc, cfg.max_new_tokens, cfg.eval_samples)
     say(f"before: {before}")
 
     # 6. Train.
@@ -84,8 +90,8 @@ def main(cfg: ChatConfig) -> dict:
 
     # 7. Evaluate after training, on the same held-out prompts.
     step("Evaluate after training")
-    after, gens_after = evaluate.evaluate(prep.model, tokenizer, splits.test, test_enc,
-                                          cfg.max_new_tokens, cfg.eval_samples)
+    after, gens_after = launch.on_main(evaluate.evaluate, prep.model, tokenizer, splits.test,
+                                       test_enc, cfg.max_new_tokens, cfg.eval_samples)
     say(f"after:  {after}")
     for b, a in list(zip(gens_before, gens_after))[:3]:
         say(f"[dim]prompt:[/] {escape(b.prompt[-1]['content'])}\n  [dim]before:[/] {escape(b.reply[:120])}"
@@ -95,18 +101,21 @@ def main(cfg: ChatConfig) -> dict:
     #    end of its turn (the stop set goes into each export's generation_config.json).
     step("Export")
     probe = next((e for e in splits.test if e.expect), splits.test[0])
-    exports = export.export_and_verify(prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
-                                       evaluate.prompt_of(probe), progress=say,
-                                       gguf_quant=cfg.gguf_quant)
+    exports = launch.on_main(export.export_and_verify, prep.model, tokenizer, cfg.export,
+                             Path(cfg.output_dir), evaluate.prompt_of(probe), progress=say,
+                             gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = finish("chat", cfg, prep, result, before, after, exports, started, held_out=len(splits.test))
+    metrics = launch.on_main(finish, "chat", cfg, prep, result, before, after, exports, started,
+                             held_out=len(splits.test))
     export.require_ok(exports)  # an export that does not load or stop fails the run (exit 1)
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
         step("Push to the Hub")
-        hub.push(Path(cfg.output_dir), metrics, cfg.push, cfg.push_private, progress=say)
+        launch.on_main(hub.push, Path(cfg.output_dir), metrics, cfg.push, cfg.push_private,
+                       progress=say)
+    launch.leave()
     return metrics
 
 

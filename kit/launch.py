@@ -1,0 +1,236 @@
+"""Every GPU on the machine: data-parallel training, one process per GPU, started by torch's own
+elastic launcher (what `torchrun` runs), never a home-made one.
+
+`nproc=0` (auto) starts one process per visible GPU when there is more than one; `nproc=N`
+forces N (gloo on a CPU machine, which is how the tests exercise this path). The process the
+user started checks the config, the data and the memory plan first, so bad input stops before
+any process group exists; it then waits for the ranks and returns rank 0's metrics. A user's
+own `torchrun --nproc_per_node N recipes/chat.py ...` or `accelerate launch recipes/chat.py ...`
+skips that step: the recipe finds RANK and WORLD_SIZE set and runs as one rank.
+
+Inside the ranks, each loads the whole model on its own GPU (Unsloth places it by LOCAL_RANK),
+the trainer shards the data and averages gradients; rank 0 alone evaluates, writes and pushes
+(`on_main`), and the other ranks wait for its results. A rank that dies makes the launcher stop
+the others (SIGTERM, then SIGKILL after `SHUTDOWN_S`), and the launching process says so in one
+line and where to resume from.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from kit.errors import KitError
+
+
+class Stopped(KitError):
+    """This rank stops because rank 0 did; rank 0 has said why (so this one prints nothing)."""
+
+    quiet = True
+    exit_code = 1
+
+# How long the other ranks wait for rank 0's evaluation, export or push, and for each other at a
+# collective: long enough for a HumanEval pass on a T4, short of forever.
+WAIT = timedelta(hours=4)
+SHUTDOWN_S = 10  # after a rank dies, the others get this long to exit on SIGTERM before SIGKILL
+LAUNCHED = "KIT_LAUNCHED"  # set for ranks this module started: their parent holds output_dir
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def in_ranks() -> bool:
+    """Is this process one of several ranks (started by us, torchrun or accelerate)?"""
+    return world_size() > 1
+
+
+def per_rank_batch(cfg, world: int | None = None) -> int:
+    """Rows per optimizer step on each rank: `batch_size` is the effective batch."""
+    return cfg.batch_size // (world or world_size())
+
+
+def check_batch(cfg, world: int) -> None:
+    """batch_size must split evenly over the ranks (and micro_batch_size over each share)."""
+    from kit.errors import fail
+
+    if world <= 1:
+        return
+    if cfg.batch_size % world:
+        fail(f"batch_size={cfg.batch_size} does not split over {world} processes: "
+             f"use a multiple of {world} (it is the effective batch, all processes together)")
+    share = cfg.batch_size // world
+    if cfg.micro_batch_size and share % cfg.micro_batch_size:
+        fail(f"micro_batch_size={cfg.micro_batch_size} does not divide each process's share of "
+             f"batch_size={cfg.batch_size} ({share} rows over {world} processes)")
+
+
+# ---------------------------------------------------------------- inside the ranks
+
+
+def join() -> None:
+    """Join the process group (once): NCCL between GPUs, gloo on CPU."""
+    import torch
+    import torch.distributed as dist
+
+    if not in_ranks() or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend, timeout=WAIT)
+
+
+def barrier() -> None:
+    if in_ranks():
+        import torch.distributed as dist
+
+        join()
+        dist.barrier()
+
+
+def on_main(fn, *args, **kwargs):
+    """Run `fn` on rank 0 alone and hand its result to every rank (the others wait for it).
+    An error on rank 0 reaches the others as a KitError, so every rank stops alike."""
+    if not in_ranks():
+        return fn(*args, **kwargs)
+    import torch.distributed as dist
+
+    join()
+    box: list = [None]
+    if is_main():
+        try:
+            box[0] = ("ok", fn(*args, **kwargs))
+        except BaseException as exc:
+            box[0] = ("error", f"{type(exc).__name__}: {exc}")
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise Stopped(f"rank 0 stopped ({value})")
+    return value
+
+
+def total(value: int) -> int:
+    """A count summed over the ranks (tokens seen, rows)."""
+    if not in_ranks():
+        return value
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.long,
+                     device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def leave() -> None:
+    if in_ranks():
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- the launching process
+
+
+def processes(cfg, say=print) -> int:
+    """How many processes this run trains in: 1 inside a rank; otherwise `nproc`, or one per
+    visible GPU when the memory plan puts the whole model on each (kit.models.parallel)."""
+    if in_ranks():
+        return 1
+    from kit import models
+
+    return models.parallel(cfg, say).processes
+
+
+def as_args(cfg) -> list[str]:
+    """The config as the `key=value` words that rebuild it (for the ranks' command line)."""
+    from kit.config import describe
+
+    def word(value) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return "none" if value is None else str(value)
+
+    return [f"{key}={word(value)}" for key, value, _ in describe(cfg)]
+
+
+def run_ranks(cfg, recipe_file: str, n: int, say=print) -> dict:
+    """Start `n` ranks of the recipe through torch's elastic launcher, wait for them, and return
+    rank 0's metrics.json; a failed rank becomes one line with where to resume."""
+    import json
+    import time
+    import uuid
+
+    import torch
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from kit.errors import Terminated
+
+    backend = "NCCL" if torch.cuda.is_available() else "gloo"
+    say(f"launching {n} processes ({backend}), one per {'GPU' if backend == 'NCCL' else 'rank'}; "
+        f"batch_size={cfg.batch_size} is split {cfg.batch_size // n} per process")
+    os.environ[LAUNCHED] = "1"
+    cores = os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(cores // n, 1)))
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+                          monitor_interval=0.5, shutdown_timeout=SHUTDOWN_S)
+    metrics = Path(cfg.output_dir) / "metrics.json"
+    started = time.time()
+    try:
+        elastic_launch(config, entrypoint=sys.executable)(recipe_file, *as_args(cfg))
+    except ChildFailedError as exc:
+        if metrics.is_file() and metrics.stat().st_mtime >= started:
+            # The run finished and rank 0 said what failed its check (an export): exit 1 quietly.
+            raise Stopped("rank 0 failed a check after training") from None
+        error = KitError(_failure_line(exc, cfg))
+        error.exit_code = 2 if _first(exc).exitcode == 2 else 1  # bad input found in a rank: 2
+        raise error from None
+    except SignalException:  # SIGTERM to this process: the launcher has stopped the ranks
+        raise Terminated from None
+    finally:
+        os.environ.pop(LAUNCHED, None)
+    return json.loads(metrics.read_text())
+
+
+def _first(exc):
+    """The rank that failed first; the launcher stops the others with SIGTERM, and failure
+    times are whole seconds, so a rank it stopped is the cause only if nothing else failed."""
+    import signal
+
+    return min(exc.failures.values(), key=lambda f: (f.exitcode == -signal.SIGTERM, f.timestamp))
+
+
+def _failure_line(exc, cfg) -> str:
+    import signal
+
+    from kit import checkpoints
+
+    failure = _first(exc)
+    rank_id, code = failure.local_rank, failure.exitcode
+    if code < 0:
+        how = f"was killed by {signal.Signals(-code).name}"
+    else:
+        how = f"exited with code {code}" + (" (its error is above)" if code in (1, 2) else "")
+    best = checkpoints.latest(cfg.output_dir, cfg.checkpoint_mirror)[0]
+    where = (f"the last complete checkpoint is {best}; run the same command again to resume"
+             if best else "no checkpoint was complete yet")
+    return f"rank {rank_id} {how}; the launcher stopped the other processes; {where}"
