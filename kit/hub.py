@@ -1,25 +1,26 @@
 """Push a run's exports to the Hugging Face Hub, each with a model card written from metrics.json.
 
 adapter/ → `repo`, merged/ → `repo-merged`, gguf/ → `repo-GGUF`: one repository per kind, so each
-loads with the library it is made for. Each upload is one commit from a staged folder that holds
-the export, our README.md and metrics.json. The token is sent only as the HTTP Authorization header:
-it is never printed, and it is scrubbed from every file we write.
+loads with the library it is made for. Each upload is one `create_commit`: the export's files go
+straight from disk, our README.md, metrics.json and (for an adapter) adapter_config.json as bytes.
+The card's metadata, evaluation results included, is written by huggingface_hub's ModelCardData.
+The token is sent only as the HTTP Authorization header: it is never printed, and it is scrubbed
+from every file we write.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kit.errors import KitError, fail
 from kit.secrets import hub_token, redact
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitOperationAdd, EvalResult, HfApi
 
 KINDS = ("adapter", "merged", "gguf")
 SUFFIX = {"adapter": "", "merged": "-merged", "gguf": "-GGUF"}
@@ -29,6 +30,8 @@ WHAT = {"adapter": "LoRA adapter (PEFT)", "merged": "merged 16-bit model",
 INTRO = {"adapter": "A LoRA adapter (PEFT) for", "merged": "A fine-tune of",
          "gguf": "A GGUF build (for llama.cpp and Ollama) of a fine-tune of"}
 PROJECT = "unsloth-recipe-kit"
+# The task a recipe's held-out metrics measure, for the model-index metadata.
+TASK = {"classification": ("text-classification", "Text Classification")}
 
 # The Hub's rule for owner and name: letters, digits, '-', '_', '.', starting and ending with a
 # letter or digit, no '--' or '..', at most 96 characters each.
@@ -100,49 +103,55 @@ def _scalars(d: dict | None) -> dict:
 # ---------------------------------------------------------------- model card
 
 
+def _eval_results(metrics: dict, source: str | None) -> list[EvalResult]:
+    """The fine-tuned model's numeric held-out metrics as model-index entries, which the Hub lists
+    as evaluation results; the values before fine-tuning stay in the card's table."""
+    from huggingface_hub import EvalResult
+
+    task, task_name = TASK.get(str(metrics.get("recipe")), ("text-generation", "Text Generation"))
+    dataset = str(source or "held-out data")
+    return [EvalResult(task_type=task, task_name=task_name, dataset_type=dataset, dataset_name=dataset,
+                       dataset_split="held-out", metric_type=name, metric_value=value)
+            for name, value in _scalars(metrics.get("after")).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)]
+
+
 def model_card(metrics: dict, kind: str, repo_id: str, *, siblings: dict[str, str] | None = None,
                token: str | None = None) -> str:
-    """README.md for the `kind` export in `repo_id`: YAML metadata, results, training, data,
-    config (credentials removed), versions and how to load it. `siblings`: kind → repo id of the
-    other exports pushed with it, linked from the card."""
-    from huggingface_hub import ModelCardData
+    """README.md for the `kind` export in `repo_id`: metadata with the evaluation results, then
+    results, training, data, config (credentials removed), versions and how to load it.
+    `siblings`: kind → repo id of the other exports pushed with it, linked from the card."""
+    from huggingface_hub import ModelCard, ModelCardData
 
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     token = token if token is not None else hub_token()
-    cfg = metrics.get("config") or {}
+    cfg, train, data = (metrics.get(k) or {} for k in ("config", "train", "data"))
     lora = cfg.get("lora") or {}
-    train = metrics.get("train") or {}
+    source = data.get("source") or cfg.get("data")  # older metrics.json files only know the source
     recipe = str(metrics.get("recipe", "custom"))
     base = _base(metrics)
     on_hub = is_hub_id(base)
-
-    tags = ["unsloth", "trl", "lora", "sft", recipe, PROJECT]
-    if kind == "adapter":
-        tags.insert(0, "peft")
-    elif kind == "gguf":
-        tags.insert(0, "gguf")
-    # base_model must be a Hub id: the Hub rejects a local path in the metadata.
-    meta = ModelCardData(base_model=base if on_hub else None, library_name=LIBRARY[kind],
-                         license=metrics.get("license"), pipeline_tag="text-generation", tags=tags)
+    # base_model and datasets must be Hub ids: the Hub rejects a local path in the metadata.
+    meta = ModelCardData(
+        base_model=base if on_hub else None, datasets=[source] if is_hub_id(source) else None,
+        library_name=LIBRARY[kind], license=metrics.get("license"), pipeline_tag="text-generation",
+        tags=[LIBRARY[kind], "unsloth", "trl", "lora", "sft", recipe, PROJECT],
+        model_name=repo_id, eval_results=_eval_results(metrics, source) or None)
     base_md = f"[{base}](https://huggingface.co/{base})" if on_hub else f"`{base}` (a local model)"
 
-    out = ["---", meta.to_yaml(), "---", "", f"# {repo_id.split('/')[1]}", ""]
-    out.append(f"{INTRO[kind]} {base_md}, trained with the **{recipe}** recipe of {PROJECT} "
-               "(Unsloth and TRL: supervised fine-tuning with LoRA).")
-    out.append("")
-    out.append(f"- Base model: {base_md}")
-    out.append(f"- This repository: {WHAT[kind]}")
-    for other, rid in (siblings or {}).items():
-        if rid != repo_id:
-            out.append(f"- Also published: [{rid}](https://huggingface.co/{rid}) ({WHAT[other]})")
+    out = [f"# {repo_id.split('/')[1]}", "",
+           f"{INTRO[kind]} {base_md}, trained with the **{recipe}** recipe of {PROJECT} "
+           "(Unsloth and TRL: supervised fine-tuning with LoRA).", "",
+           f"- Base model: {base_md}", f"- This repository: {WHAT[kind]}"]
+    out += [f"- Also published: [{rid}](https://huggingface.co/{rid}) ({WHAT[other]})"
+            for other, rid in (siblings or {}).items() if rid != repo_id]
     if not on_hub:
         out.append("- Note: the base model is not on the Hub under a known id; load it yourself first.")
-    check = (metrics.get("exports") or {}).get(kind) or {}
-    if check.get("ok"):
-        lib = "peft" if kind == "adapter" else "transformers"
-        out.append(f"- Checked after export: loaded in a fresh process with plain {lib}, answered and "
-                   "stopped at the end-of-turn token.")
+    if ((metrics.get("exports") or {}).get(kind) or {}).get("ok"):
+        out.append(f"- Checked after export: loaded in a fresh process with plain "
+                   f"{'peft' if kind == 'adapter' else 'transformers'}, answered and stopped at the "
+                   "end-of-turn token.")
     out.append("")
 
     # Results: only the scalar metrics; confusion matrices and label lists live in metrics.json.
@@ -153,21 +162,44 @@ def model_card(metrics: dict, kind: str, repo_id: str, *, siblings: dict[str, st
                 "On the held-out set: the base model before fine-tuning, then the fine-tuned model.", "",
                 "| metric | before → after | better |", "|---|---|---|"]
         for name in list(before) + [k for k in after if k not in before]:
-            better = improved.get(name)
-            mark = "" if better is None else ("yes" if better else "no")
+            mark = {True: "yes", False: "no"}.get(improved.get(name), "")
             out.append(f"| {name} | {_fmt(before.get(name, '-'))} → {_fmt(after.get(name, '-'))} | {mark} |")
         if "loss_first" in train and "loss_last" in train:
             out += ["", f"Training loss: {_fmt(train['loss_first'])} → {_fmt(train['loss_last'])}."]
         out.append("")
 
-    # Training
+    rows = _training_rows(metrics, cfg, train, lora)
+    if rows:
+        out += ["## Training", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
+    if source:
+        out += ["## Data", "", f"- Source: `{source}`"]
+        if "train" in data or "held_out" in data:
+            out.append(f"- {_fmt(data.get('train', '?'))} training examples, "
+                       f"{_fmt(data.get('held_out', '?'))} held out for the results above")
+        out.append("")
+    if metrics.get("labels"):
+        out += ["## Labels", "", ", ".join(f"`{lab}`" for lab in metrics["labels"]), "",
+                "The model answers with exactly one label; `labels.json` lists them with the prompt.", ""]
+    out += ["## How to load", ""] + _how_to_load(metrics, kind, repo_id, on_hub)
+    config = scrub(cfg, token)
+    if config:
+        out += ["## Configuration", "", "Every setting of the run (credentials removed):", "",
+                "```json", json.dumps(config, indent=2, default=str), "```", ""]
+    if metrics.get("versions"):
+        out += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in metrics["versions"].items()), ""]
+    # Parsing the card back checks its metadata (model-index included) the way the Hub reads it.
+    card = str(ModelCard(f"---\n{meta.to_yaml()}\n---\n\n" + "\n".join(out).rstrip() + "\n"))
+    return redact(card, token) if token else card
+
+
+def _training_rows(metrics: dict, cfg: dict, train: dict, lora: dict) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     if "steps" in train:
         warm = cfg.get("warmup_steps")
         rows.append(("steps", f"{train['steps']:,}" + (f" ({warm} warm-up)" if warm else "")))
     if "seconds" in train:
-        rows.append(("training time", _duration(train["seconds"]) + (f" on {metrics['device']}"
-                                                                       if metrics.get("device") else "")))
+        device = metrics.get("device")
+        rows.append(("training time", _duration(train["seconds"]) + (f" on {device}" if device else "")))
     if "tokens_per_second" in train:
         rows.append(("throughput", f"{train['tokens_per_second']:,.0f} tokens/s"
                      + (f" ({train['tokens']:,} tokens)" if "tokens" in train else "")))
@@ -183,41 +215,15 @@ def model_card(metrics: dict, kind: str, repo_id: str, *, siblings: dict[str, st
     lr = metrics.get("learning_rate", cfg.get("learning_rate"))
     if lr is not None:
         rows.append(("learning rate", f"{lr:g} (peak; linear warm-up, then linear decay)"))
+    plan = metrics.get("memory_plan") or {}
     if "batch_size" in cfg:  # batch_size is the effective batch; the memory plan split it
-        plan = metrics.get("memory_plan") or {}
         micro, accum = plan.get("micro_batch", cfg["batch_size"]), plan.get("grad_accum", 1)
         rows.append(("effective batch", f"{cfg['batch_size']} ({micro} × {accum} accumulation)"))
-    if metrics.get("memory_plan", {}).get("gradient_checkpointing") is not None:
-        rows.append(("gradient checkpointing", str(metrics["memory_plan"]["gradient_checkpointing"])))
+    if plan.get("gradient_checkpointing") is not None:
+        rows.append(("gradient checkpointing", str(plan["gradient_checkpointing"])))
     if "max_seq_length" in cfg:
         rows.append(("max_seq_length", str(cfg["max_seq_length"])))
-    if rows:
-        out += ["## Training", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
-
-    # Data: sizes come from the run; older metrics.json files only know the source.
-    data = metrics.get("data") or {}
-    source = data.get("source") or cfg.get("data")
-    if source:
-        out += ["## Data", "", f"- Source: `{source}`"]
-        if "train" in data or "held_out" in data:
-            out.append(f"- {_fmt(data.get('train', '?'))} training examples, "
-                       f"{_fmt(data.get('held_out', '?'))} held out for the results above")
-        out.append("")
-    if metrics.get("labels"):
-        out += ["## Labels", "", ", ".join(f"`{lab}`" for lab in metrics["labels"]), "",
-                "The model answers with exactly one label; `labels.json` lists them with the prompt.", ""]
-
-    out += ["## How to load", ""] + _how_to_load(metrics, kind, repo_id, base, on_hub)
-
-    config = scrub(cfg, token)
-    if config:
-        out += ["## Configuration", "", "Every setting of the run (credentials removed):", "",
-                "```json", json.dumps(config, indent=2, default=str), "```", ""]
-    versions = metrics.get("versions") or {}
-    if versions:
-        out += ["## Versions", "", ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
-    card = "\n".join(out).rstrip() + "\n"
-    return redact(card, token) if token else card
+    return rows
 
 
 def _chat_example(metrics: dict) -> str:
@@ -232,9 +238,8 @@ def _chat_example(metrics: dict) -> str:
     return json.dumps("Hello! Who are you?")
 
 
-def _how_to_load(metrics: dict, kind: str, repo_id: str, base: str, on_hub: bool) -> list[str]:
-    cfg = metrics.get("config") or {}
-    seq = cfg.get("max_seq_length", 2048)
+def _how_to_load(metrics: dict, kind: str, repo_id: str, on_hub: bool) -> list[str]:
+    seq = (metrics.get("config") or {}).get("max_seq_length", 2048)
     message = _chat_example(metrics)
     generate = [
         f'messages = [{{"role": "user", "content": {message}}}]',
@@ -243,11 +248,10 @@ def _how_to_load(metrics: dict, kind: str, repo_id: str, base: str, on_hub: bool
         "out = model.generate(**inputs, max_new_tokens=128)",
         'print(tokenizer.decode(out[0][inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
     ]
-    lines: list[str] = []
     if kind == "gguf":
-        lines += ["With llama.cpp:", "", "```bash", f"llama-cli -hf {repo_id}", "```", "",
-                  "With Ollama:", "", "```bash", f"ollama run hf.co/{repo_id}", "```", ""]
-        return lines
+        return ["With llama.cpp:", "", "```bash", f"llama-cli -hf {repo_id}", "```", "",
+                "With Ollama:", "", "```bash", f"ollama run hf.co/{repo_id}", "```", ""]
+    lines: list[str] = []
     if kind == "adapter":
         if on_hub:
             lines += ["With peft (downloads the base model, then applies this adapter):", "", "```python",
@@ -276,53 +280,28 @@ def _how_to_load(metrics: dict, kind: str, repo_id: str, base: str, on_hub: bool
     return lines
 
 
-# ---------------------------------------------------------------- staging
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    # A hard link costs no disk for a multi-GB merged model; fall back where links are not allowed.
-    try:
-        os.link(src, dst)
-    except OSError:
-        try:
-            dst.symlink_to(src.resolve())
-        except OSError:
-            shutil.copy2(src, dst)
-
-
-@contextmanager
-def _staged(folder: Path, kind: str, readme: str, metrics_text: str, base: str) -> Iterator[Path]:
-    """A temporary copy of `folder` with our README.md and metrics.json; for an adapter, its
-    adapter_config.json points at the Hub base model instead of the local cache path."""
-    try:  # beside the export, so hard links work
-        stage = Path(tempfile.mkdtemp(prefix=f".hub-{kind}-", dir=folder.parent))
-    except OSError:  # a read-only output folder
-        stage = Path(tempfile.mkdtemp(prefix=f"hub-{kind}-"))
-    try:
-        for src in sorted(folder.rglob("*")):
-            rel = src.relative_to(folder)
-            if any(part.startswith(".") for part in rel.parts):
-                continue  # temp files and buffers left by writers
-            dst = stage / rel
-            if src.is_dir():
-                dst.mkdir(parents=True, exist_ok=True)
-            elif rel.as_posix() not in ("README.md", "metrics.json"):
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(src, dst)
-        config = stage / "adapter_config.json"
-        if kind == "adapter" and config.is_file() and is_hub_id(base):
-            data = json.loads(config.read_text())
-            data["base_model_name_or_path"] = base
-            config.unlink()  # a new file: writing through a hard link would change the export
-            config.write_text(json.dumps(data, indent=2) + "\n")
-        (stage / "README.md").write_text(readme, encoding="utf-8")
-        (stage / "metrics.json").write_text(metrics_text, encoding="utf-8")
-        yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- push
+
+
+def _operations(folder: Path, kind: str, card: str, metrics_text: str, base: str) -> list[CommitOperationAdd]:
+    """One commit's files: the export's by path (nothing is copied, a multi-GB model included),
+    then ours as bytes. For an adapter whose base is on the Hub, adapter_config.json names that id
+    instead of the local cache path, so peft can fetch the base; the local export stays as it is."""
+    from huggingface_hub import CommitOperationAdd
+
+    ours = {"README.md": card, "metrics.json": metrics_text}
+    config = folder / "adapter_config.json"
+    if kind == "adapter" and config.is_file() and is_hub_id(base):
+        ours["adapter_config.json"] = json.dumps({**json.loads(config.read_text()),
+                                                  "base_model_name_or_path": base}, indent=2) + "\n"
+    ops = []
+    for src in sorted(folder.rglob("*")):
+        rel = src.relative_to(folder)
+        # Dot-named files and folders are temp files and buffers left by writers.
+        if src.is_file() and rel.as_posix() not in ours and not any(p.startswith(".") for p in rel.parts):
+            ops.append(CommitOperationAdd(path_in_repo=rel.as_posix(), path_or_fileobj=src))
+    return ops + [CommitOperationAdd(path_in_repo=name, path_or_fileobj=text.encode())
+                  for name, text in ours.items()]
 
 
 def _one_line(text: str, token: str | None) -> str:
@@ -359,13 +338,13 @@ def _http_error(exc: Exception, repo: str, token: str | None) -> str:
     return f"push={repo} failed: {type(exc).__name__}: {_one_line(exc, token)}"
 
 
-def push(output_dir: Path, metrics: dict, repo: str, private: bool = False,
-         kinds: list[str] | None = None, progress: Callable[[str], object] = print) -> dict[str, str]:
+def push(output_dir: Path, metrics: dict, repo: str, private: bool = False, kinds: list[str] | None = None,
+         progress: Callable[[str], object] = print, api: HfApi | None = None) -> dict[str, str]:
     """Upload the exports in `output_dir` (default: every one present) and return kind → URL.
 
     adapter → `repo`, merged → `repo-merged`, gguf → `repo-GGUF`; each repository is created if
     needed (`private` only applies to new ones) and gets one commit with a generated README.md
-    and metrics.json."""
+    and metrics.json. `api`: the HfApi to push with (default: one holding the user's token)."""
     output_dir = Path(output_dir)
     check_repo(repo)
     if not kinds:  # None or empty: every export that is there
@@ -378,13 +357,14 @@ def push(output_dir: Path, metrics: dict, repo: str, private: bool = False,
         if not (output_dir / kind).is_dir():
             fail(f"push={repo}: no {kind} export at {output_dir / kind}")
 
-    token = hub_token()
+    own = getattr(api, "token", None)  # a caller's HfApi may hold a token of its own
+    token = own if isinstance(own, str) and own else hub_token()
     if not token:
         fail(f"push={repo} needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
+    if api is None:
+        from huggingface_hub import HfApi
 
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
+        api = HfApi(token=token)
     base = _base(metrics)
     targets = {kind: repo + SUFFIX[kind] for kind in kinds}
     clean = scrub(metrics, token)
@@ -394,14 +374,13 @@ def push(output_dir: Path, metrics: dict, repo: str, private: bool = False,
                  "that local path as its base")
     urls: dict[str, str] = {}
     for kind, target in targets.items():
-        readme = model_card(clean, kind, target, siblings=targets, token=token)
+        card = model_card(clean, kind, target, siblings=targets, token=token)
         progress(f"Pushing {kind} to {api.endpoint}/{target}{' (private)' if private else ''}")
         try:
+            operations = _operations(output_dir / kind, kind, card, metrics_text, base)
             url = api.create_repo(target, private=private, exist_ok=True)
-            with _staged(output_dir / kind, kind, readme, metrics_text, base) as stage:
-                api.upload_folder(repo_id=target, folder_path=stage,
-                                  commit_message=f"Upload {kind} from the {metrics.get('recipe', '')} "
-                                                 f"recipe ({PROJECT})")
+            api.create_commit(target, operations, commit_message=f"Upload {kind} from the "
+                              f"{metrics.get('recipe', '')} recipe ({PROJECT})")
         except KitError:
             raise
         except Exception as exc:  # any Hub, network or upload failure: one line for the user

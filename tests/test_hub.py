@@ -1,24 +1,23 @@
-"""kit.hub against huggingface_hub's real client code, with only the network replaced.
+"""kit.hub with the Hub replaced by a recording HfApi.
 
-huggingface_hub 1.x sends every call through one shared httpx.Client made by a factory that
-`set_client_factory` replaces; ours gives that client an httpx.MockTransport whose handler plays
-the Hub: it records each request and answers create-repo, validate-yaml, preupload (every file
-"regular", so contents travel base64-encoded inside the commit and no LFS/Xet transfer is
-needed) and commit the way the Hub does. HfApi, upload_folder and the commit code are the
-library's own.
+`hub.push` takes the HfApi it pushes with. `RecordingHub` is huggingface_hub's own HfApi with the
+two calls that reach the Hub, create_repo and create_commit, answered here the way the Hub answers
+them (409 for an existing repository unless exist_ok, 404 for a commit to a missing one, the
+library's own HTTP errors), keeping what was committed. conftest makes the suite offline, so any
+other call that tried the network would fail the push.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
-import yaml
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
+from huggingface_hub.hf_api import RepoUrl
+from huggingface_hub.utils import hf_raise_for_status
 
 from kit import hub
 from kit.errors import run_cli
@@ -29,90 +28,59 @@ LOCAL_BASE = "/root/.cache/unsloth-recipe-kit/smollm2-135m-instruct-v1"
 REPO = "alice/tickets-smollm2"
 
 
-class FakeHub:
-    """Answers like huggingface.co for the endpoints an upload uses; keeps what was committed."""
+def _hub_error(status: int, message: str, url: str) -> None:
+    """Raise what huggingface_hub raises for that answer from the Hub."""
+    hf_raise_for_status(httpx.Response(status, json={"error": message}, request=httpx.Request("POST", url)))
 
-    def __init__(self, status: int | None = None, error: str = "", network_down: bool = False):
+
+class RecordingHub(HfApi):
+    """Answers like huggingface.co for create_repo and create_commit; keeps what was committed."""
+
+    def __init__(self, token: str | None = TOKEN, status: int | None = None, error: str = "",
+                 network_down: bool = False):
+        super().__init__(token=token)
         self.status, self.error, self.network_down = status, error, network_down
-        self.requests: list[httpx.Request] = []
-        self.created: dict[str, dict] = {}  # repo → create-repo payload
+        self.calls: list[str] = []
+        self.created: dict[str, bool | None] = {}  # repo → private
+        self.operations: dict[str, list[CommitOperationAdd]] = {}  # repo → the last commit's
         self.commits: dict[str, list[dict[str, bytes]]] = {}  # repo → [{path: content}, ...]
+        self.messages: list[str] = []
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        request.read()
-        self.requests.append(request)
-        path = request.url.path
-        if path == "/api/agent-harnesses":  # the library's own registry fetch; no token, errors ignored
-            return httpx.Response(404, json={"error": "not found"})
+    def _call(self, url: str) -> None:
+        self.calls.append(url)
         if self.network_down:
-            raise httpx.ConnectError("[Errno 101] Network is unreachable", request=request)
-        if request.headers.get("authorization") != f"Bearer {TOKEN}":
-            return httpx.Response(401, json={"error": "Invalid username or password."})
+            raise httpx.ConnectError("[Errno 101] Network is unreachable")
         if self.status:
-            return httpx.Response(self.status, json={"error": self.error})
-        if path == "/api/repos/create":
-            body = json.loads(request.content)
-            repo = f"{body['organization']}/{body['name']}"
-            if repo in self.created:
-                return httpx.Response(409, json={"error": "You already created this model repo",
-                                                 "url": f"https://huggingface.co/{repo}"})
-            self.created[repo] = body
-            return httpx.Response(200, json={"url": f"https://huggingface.co/{repo}", "name": repo})
-        if path == "/api/validate-yaml":
-            text = json.loads(request.content)["content"]
-            front = text.split("---")[1] if text.startswith("---") else ""
-            try:
-                yaml.safe_load(front)
-            except yaml.YAMLError as exc:
-                return httpx.Response(400, json={"errors": [{"message": str(exc)}]})
-            return httpx.Response(200, json={"errors": [], "warnings": []})
-        m = re.fullmatch(r"/api/models/([^/]+/[^/]+)/(preupload|commit)/main", path)
-        if m and m.group(1) not in self.created:
-            return httpx.Response(404, json={"error": "Repository not found"},
-                                  headers={"X-Error-Code": "RepoNotFound"})
-        if m and m.group(2) == "preupload":
-            files = json.loads(request.content)["files"]
-            return httpx.Response(200, json={"files": [
-                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-                for f in files]})
-        if m and m.group(2) == "commit":
-            assert request.headers["content-type"] == "application/x-ndjson"
-            lines = [json.loads(ln) for ln in request.content.splitlines() if ln.strip()]
-            assert lines[0]["key"] == "header"
-            files = {}
-            for line in lines[1:]:
-                assert line["key"] == "file" and line["value"]["encoding"] == "base64", line
-                files[line["value"]["path"]] = base64.b64decode(line["value"]["content"])
-            self.commits.setdefault(m.group(1), []).append(files)
-            oid = f"{len(self.requests):040x}"
-            return httpx.Response(200, json={"commitUrl": f"https://huggingface.co/{m.group(1)}/commit/{oid}",
-                                             "commitOid": oid, "success": True})
-        if re.fullmatch(r"/api/models/[^/]+/[^/]+", path) and request.method == "GET":
-            return httpx.Response(404, json={"error": "Repository not found"},
-                                  headers={"X-Error-Code": "RepoNotFound"})
-        return httpx.Response(404, json={"error": f"no such endpoint {path}"})
+            _hub_error(self.status, self.error, url)
+
+    def create_repo(self, repo_id: str, *, private: bool | None = None, exist_ok: bool = False,
+                    **kwargs) -> RepoUrl:
+        url = f"{self.endpoint}/api/repos/create"
+        self._call(url)
+        if repo_id in self.created and not exist_ok:
+            _hub_error(409, "You already created this model repo", url)
+        self.created.setdefault(repo_id, private)
+        return RepoUrl(f"{self.endpoint}/{repo_id}", endpoint=self.endpoint)
+
+    def create_commit(self, repo_id: str, operations, *, commit_message: str, **kwargs) -> None:
+        url = f"{self.endpoint}/api/models/{repo_id}/commit/main"
+        self._call(url)
+        if repo_id not in self.created:
+            _hub_error(404, "Repository not found", url)
+        self.operations[repo_id] = list(operations)
+        files = {}
+        for op in self.operations[repo_id]:
+            with op.as_file() as f:
+                files[op.path_in_repo] = f.read()
+        self.commits.setdefault(repo_id, []).append(files)
+        self.messages.append(commit_message)
 
 
 @pytest.fixture
-def fake_hub(monkeypatch):
-    """Install a FakeHub as huggingface_hub's transport; the real client factory comes back after."""
-    from huggingface_hub import constants, set_client_factory
-    from huggingface_hub.utils import _http
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # conftest makes the suite offline
+def api(monkeypatch) -> RecordingHub:
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    saved = getattr(_http, "_GLOBAL_CLIENT_FACTORY", _http.default_client_factory)
-    state = {"hub": FakeHub()}
-
-    def factory() -> httpx.Client:
-        # The library's own request hook stays: it is what enforces offline mode.
-        return httpx.Client(transport=httpx.MockTransport(lambda r: state["hub"](r)),
-                            event_hooks={"request": [_http.hf_request_event_hook]}, follow_redirects=True)
-
-    set_client_factory(factory)
-    yield state
-    set_client_factory(saved)
+    return RecordingHub()
 
 
 def _metrics(base: str | None = BASE, output_dir: Path | None = None) -> dict:
@@ -178,24 +146,17 @@ def export_dir(tmp_path) -> Path:
     return out
 
 
-def _front_matter(readme: str) -> dict:
-    assert readme.startswith("---\n")
-    return yaml.safe_load(readme.split("---\n")[1])
+def _card(readme: bytes | str) -> ModelCard:
+    """The card as the Hub reads it: metadata (model-index included) and body."""
+    return ModelCard(readme.decode() if isinstance(readme, bytes) else readme)
 
 
-def _assert_token_only_in_auth_header(hub_state: FakeHub, captured: str) -> None:
-    for req in hub_state.requests:
-        assert TOKEN not in str(req.url)
-        assert TOKEN.encode() not in req.content
-        for key, value in req.headers.items():
-            if key.lower() == "authorization":
-                assert value == f"Bearer {TOKEN}"
-            else:
-                assert TOKEN not in value, key
-    for commits in hub_state.commits.values():
+def _assert_no_token(api: RecordingHub, captured: str) -> None:
+    for commits in api.commits.values():
         for files in commits:
             for name, content in files.items():
                 assert TOKEN.encode() not in content, name
+    assert not any(TOKEN in m for m in api.messages)
     assert TOKEN not in captured
 
 
@@ -210,52 +171,60 @@ def _exit(capsys, fn) -> tuple[int, str, str]:
 # ---------------------------------------------------------------- uploads
 
 
-def test_push_adapter_and_merged(fake_hub, export_dir, capsys):
+def test_push_adapter_and_merged(api, export_dir, capsys):
     before_config = (export_dir / "adapter" / "adapter_config.json").read_text()
-    urls = hub.push(export_dir, _metrics(output_dir=export_dir), REPO, private=True)
-    fake = fake_hub["hub"]
+    urls = hub.push(export_dir, _metrics(output_dir=export_dir), REPO, private=True, api=api)
 
     assert urls == {"adapter": f"https://huggingface.co/{REPO}",
                     "merged": f"https://huggingface.co/{REPO}-merged"}
-    assert set(fake.created) == {REPO, f"{REPO}-merged"}
-    for body in fake.created.values():
-        assert body["visibility"] == "private"
+    assert api.created == {REPO: True, f"{REPO}-merged": True}
     # One commit per repository, holding exactly the export plus our card and metrics.
-    assert {repo: len(c) for repo, c in fake.commits.items()} == {REPO: 1, f"{REPO}-merged": 1}
-    adapter, merged = fake.commits[REPO][0], fake.commits[f"{REPO}-merged"][0]
+    assert {repo: len(c) for repo, c in api.commits.items()} == {REPO: 1, f"{REPO}-merged": 1}
+    adapter, merged = api.commits[REPO][0], api.commits[f"{REPO}-merged"][0]
     assert set(adapter) == ADAPTER_FILES | {"adapter_config.json", "README.md", "metrics.json"}
     assert set(merged) == MERGED_FILES | {"README.md", "metrics.json"}
     assert adapter["adapter_model.safetensors"] == bytes(range(256)) * 4
+    # The weights go from the export itself: no staging copy beside it.
+    weights = [op for op in api.operations[f"{REPO}-merged"] if op.path_in_repo == "model.safetensors"]
+    assert [Path(op.path_or_fileobj) for op in weights] == [export_dir / "merged" / "model.safetensors"]
+    assert sorted(p.name for p in export_dir.iterdir()) == ["adapter", "merged", "metrics.json"]
 
     # The uploaded adapter points at the Hub base; the local export is left as it was.
     assert json.loads(adapter["adapter_config.json"])["base_model_name_or_path"] == BASE
     assert (export_dir / "adapter" / "adapter_config.json").read_text() == before_config
     assert json.loads(merged["config.json"]) == {"model_type": "llama", "torch_dtype": "bfloat16"}
-    assert sorted(p.name for p in export_dir.iterdir()) == ["adapter", "merged", "metrics.json"]
 
-    card = adapter["README.md"].decode()
-    meta = _front_matter(card)
-    assert meta["base_model"] == BASE and meta["library_name"] == "peft"
-    assert meta["pipeline_tag"] == "text-generation"
-    assert {"unsloth", "trl", "lora", "classification"} <= set(meta["tags"])
-    assert "license" not in meta
-    assert "| accuracy | 0.25 → 0.9861 | yes |" in card
-    assert "| macro_f1 | 0.1 → 0.9861 | yes |" in card
-    assert "confusion" not in card.split("## Configuration")[0]  # only scalar metrics in the table
-    assert "288 training examples, 72 held out" in card and "builtin:tickets" in card
-    assert "r=16, alpha=32" in card and "8 (4 × 2 accumulation)" in card
-    assert "| max_seq_length | 256 |" in card
-    assert f'AutoPeftModelForCausalLM.from_pretrained("{REPO}")' in card
-    assert f'model_name="{REPO}"' in card and "FastLanguageModel.from_pretrained" in card
-    assert f"https://huggingface.co/{REPO}-merged" in card
-    assert "wandb-secret-value" not in card and "hub_token" not in card and "wandb_api_key" not in card
-    assert '"max_new_tokens": 48' in card  # `tokens` is not a credential
-    assert "unsloth 2026.10.9" in card
+    card = _card(adapter["README.md"])
+    meta = card.data
+    assert meta.base_model == BASE and meta.library_name == "peft"
+    assert meta.pipeline_tag == "text-generation" and meta.datasets is None  # builtin: not a Hub dataset
+    assert {"unsloth", "trl", "lora", "classification"} <= set(meta.tags)
+    assert "license" not in meta.to_dict()
+    # The run's scalar after-metrics as evaluation results; before values only in the body.
+    assert meta.model_name == REPO
+    assert {(r.metric_type, r.metric_value) for r in meta.eval_results} == {
+        ("accuracy", 0.9861), ("macro_f1", 0.9861), ("mean_true_label_probability", 0.8993)}
+    assert {(r.task_type, r.dataset_type) for r in meta.eval_results} == {("text-classification",
+                                                                          "builtin:tickets")}
+    text = card.text
+    assert "| accuracy | 0.25 → 0.9861 | yes |" in text
+    assert "| macro_f1 | 0.1 → 0.9861 | yes |" in text
+    assert "confusion" not in text.split("## Configuration")[0]  # only scalar metrics in the table
+    assert "288 training examples, 72 held out" in text and "builtin:tickets" in text
+    assert "r=16, alpha=32" in text and "8 (4 × 2 accumulation)" in text
+    assert "| max_seq_length | 256 |" in text
+    assert f'AutoPeftModelForCausalLM.from_pretrained("{REPO}")' in text
+    assert f'model_name="{REPO}"' in text and "FastLanguageModel.from_pretrained" in text
+    assert f"https://huggingface.co/{REPO}-merged" in text
+    assert "wandb-secret-value" not in text and "hub_token" not in text and "wandb_api_key" not in text
+    assert '"max_new_tokens": 48' in text  # `tokens` is not a credential
+    assert "unsloth 2026.10.9" in text
 
-    merged_card = merged["README.md"].decode()
-    assert _front_matter(merged_card)["library_name"] == "transformers"
-    assert f'AutoModelForCausalLM.from_pretrained("{REPO}-merged"' in merged_card
-    assert "AutoPeftModelForCausalLM" not in merged_card
+    merged_card = _card(merged["README.md"])
+    assert merged_card.data.library_name == "transformers" and merged_card.data.base_model == BASE
+    assert len(merged_card.data.eval_results) == 3
+    assert f'AutoModelForCausalLM.from_pretrained("{REPO}-merged"' in merged_card.text
+    assert "AutoPeftModelForCausalLM" not in merged_card.text
 
     uploaded = json.loads(adapter["metrics.json"])
     assert uploaded["after"]["accuracy"] == 0.9861 and uploaded["train"]["tokens"] == 17023
@@ -263,43 +232,43 @@ def test_push_adapter_and_merged(fake_hub, export_dir, capsys):
 
     out, err = capsys.readouterr()
     assert f"https://huggingface.co/{REPO}-merged" in out
-    _assert_token_only_in_auth_header(fake, out + err)
+    _assert_no_token(api, out + err)
 
 
-def test_push_gguf_public_and_existing_repo(fake_hub, export_dir, capsys):
+def test_push_gguf_public_and_existing_repo(api, export_dir, capsys):
     gguf = export_dir / "gguf"
     gguf.mkdir()
     (gguf / "model-Q4_K_M.gguf").write_bytes(b"GGUF" + bytes(200))
-    fake = fake_hub["hub"]
-    fake.created[f"{REPO}-GGUF"] = {}  # already there: create answers 409, exist_ok carries on
+    (gguf / ".model.gguf.part").write_bytes(b"half-written")  # a writer's temp file: not uploaded
+    api.created[f"{REPO}-GGUF"] = None  # already there: create answers 409 unless exist_ok
 
-    urls = hub.push(export_dir, _metrics(), REPO, kinds=["gguf"])
+    urls = hub.push(export_dir, _metrics(), REPO, kinds=["gguf"], api=api)
 
     assert urls == {"gguf": f"https://huggingface.co/{REPO}-GGUF"}
-    assert list(fake.commits) == [f"{REPO}-GGUF"]
-    files = fake.commits[f"{REPO}-GGUF"][0]
+    assert list(api.commits) == [f"{REPO}-GGUF"]
+    files = api.commits[f"{REPO}-GGUF"][0]
     assert set(files) == {"model-Q4_K_M.gguf", "README.md", "metrics.json"}
-    card = files["README.md"].decode()
-    assert _front_matter(card)["library_name"] == "gguf"
-    assert f"llama-cli -hf {REPO}-GGUF" in card and f"ollama run hf.co/{REPO}-GGUF" in card
-    _assert_token_only_in_auth_header(fake, "".join(capsys.readouterr()))
+    card = _card(files["README.md"])
+    assert card.data.library_name == "gguf"
+    assert f"llama-cli -hf {REPO}-GGUF" in card.text and f"ollama run hf.co/{REPO}-GGUF" in card.text
+    _assert_no_token(api, "".join(capsys.readouterr()))
 
 
-def test_push_public_flag(fake_hub, export_dir):
-    hub.push(export_dir, _metrics(), REPO, private=False, kinds=["merged"])
-    assert fake_hub["hub"].created[f"{REPO}-merged"]["visibility"] == "public"
+def test_push_public_flag(api, export_dir):
+    hub.push(export_dir, _metrics(), REPO, private=False, kinds=["merged"], api=api)
+    assert api.created == {f"{REPO}-merged": False}
 
 
-def test_local_base_is_not_rewritten_or_claimed(fake_hub, export_dir, capsys):
+def test_local_base_is_not_rewritten_or_claimed(api, export_dir, capsys):
     """Without a Hub id for the base, the adapter keeps its path and the card says so plainly."""
     metrics = _metrics(base=None)
     metrics["config"]["model"] = str(export_dir)  # a local folder: exists, so not a Hub id
-    hub.push(export_dir, metrics, REPO, kinds=["adapter"])
-    files = fake_hub["hub"].commits[REPO][0]
+    hub.push(export_dir, metrics, REPO, kinds=["adapter"], api=api)
+    files = api.commits[REPO][0]
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == LOCAL_BASE
-    card = files["README.md"].decode()
-    assert "base_model" not in _front_matter(card)
-    assert "PeftModel.from_pretrained(base" in card and "AutoPeftModelForCausalLM" not in card
+    card = _card(files["README.md"])
+    assert card.data.base_model is None and "base_model" not in card.data.to_dict()
+    assert "PeftModel.from_pretrained(base" in card.text and "AutoPeftModelForCausalLM" not in card.text
     assert "not a Hub id" in capsys.readouterr().out
 
 
@@ -308,12 +277,25 @@ def test_card_without_new_keys_or_data():
     metrics = _metrics(base=None)
     del metrics["data"]
     metrics["config"]["model"] = BASE
-    card = hub.model_card(metrics, "merged", f"{REPO}-merged", token=TOKEN)
-    assert _front_matter(card)["base_model"] == BASE
-    assert "- Source: `builtin:tickets`" in card and "held out for" not in card
-    assert TOKEN not in card and "wandb-secret-value" not in card
-    bare = hub.model_card({"recipe": "chat"}, "adapter", REPO, token=TOKEN)
-    assert _front_matter(bare)["library_name"] == "peft"
+    text = hub.model_card(metrics, "merged", f"{REPO}-merged", token=TOKEN)
+    assert _card(text).data.base_model == BASE
+    assert "- Source: `builtin:tickets`" in text and "held out for" not in text
+    assert TOKEN not in text and "wandb-secret-value" not in text
+    bare = _card(hub.model_card({"recipe": "chat"}, "adapter", REPO, token=TOKEN))
+    assert bare.data.library_name == "peft" and bare.data.eval_results is None
+
+
+def test_card_for_a_chat_run_on_hub_data():
+    """A chat run on a Hub dataset: generation metrics, the dataset linked in the metadata."""
+    metrics = {"recipe": "chat", "base_model": BASE, "data": {"source": "HuggingFaceH4/no_robots"},
+               "before": {"loss": 2.1, "reply_f1": 0.12}, "after": {"loss": 1.4, "reply_f1": 0.31,
+                                                                     "note": "text is not a metric"}}
+    card = _card(hub.model_card(metrics, "adapter", REPO, token=TOKEN))
+    assert card.data.datasets == ["HuggingFaceH4/no_robots"]
+    assert {(r.task_type, r.dataset_type, r.metric_type, r.metric_value) for r in card.data.eval_results} == {
+        ("text-generation", "HuggingFaceH4/no_robots", "loss", 1.4),
+        ("text-generation", "HuggingFaceH4/no_robots", "reply_f1", 0.31)}
+    assert "| loss | 2.1 → 1.4 |" in card.text
 
 
 # ---------------------------------------------------------------- errors: one line, exit code 2
@@ -323,52 +305,57 @@ def test_card_without_new_keys_or_data():
     (401, "Invalid credentials in Authorization header", "rejected the token (401)"),
     (403, 'You don\'t have the rights to create a model under the namespace "alice"', "(403)"),
 ])
-def test_http_errors_are_one_line(fake_hub, export_dir, capsys, status, error, expect):
-    fake_hub["hub"] = FakeHub(status=status, error=error)
-    code, out, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), REPO))
+def test_http_errors_are_one_line(api, export_dir, capsys, status, error, expect):
+    api = RecordingHub(status=status, error=f"{error} (token {TOKEN})")
+    code, out, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), REPO, api=api))
     assert code == 2
     assert err.count("\n") == 1 and err.startswith(f"error: push={REPO}") and expect in err
     assert error.split()[0] in err  # the Hub's own reason is kept
-    assert not fake_hub["hub"].commits
-    _assert_token_only_in_auth_header(fake_hub["hub"], out + err)
+    assert not api.commits
+    _assert_no_token(api, out + err)
 
 
-def test_network_down_is_one_line(fake_hub, export_dir, capsys):
-    fake_hub["hub"] = FakeHub(network_down=True)
-    code, out, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), REPO))
+def test_network_down_is_one_line(api, export_dir, capsys):
+    api = RecordingHub(network_down=True)
+    code, out, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), REPO, api=api))
     assert code == 2 and err.count("\n") == 1 and "cannot reach the Hugging Face Hub" in err
     assert TOKEN not in out + err
 
 
-def test_offline_mode_is_one_line(fake_hub, export_dir, capsys, monkeypatch):
+def test_offline_mode_is_one_line(api, export_dir, capsys, monkeypatch):
+    """The default HfApi, with the library's own offline guard: nothing leaves the machine."""
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    code, _, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), REPO))
+    code, out, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), REPO))
     assert code == 2 and err.count("\n") == 1 and "HF_HUB_OFFLINE" in err
+    assert TOKEN not in out + err
 
 
 @pytest.mark.parametrize("repo", ["tickets", "alice/bob/tickets", "alice/my model", "alice/-x", "alice/x..y",
                                   "alice/x.git", "", "alice/" + "x" * 95])
-def test_bad_repo_name(fake_hub, export_dir, capsys, repo):
-    code, _, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), repo))
+def test_bad_repo_name(api, export_dir, capsys, repo):
+    code, _, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), repo, api=api))
     assert code == 2 and err.count("\n") == 1 and ("owner/name" in err or "too long" in err)
-    assert not fake_hub["hub"].requests
+    assert not api.calls
 
 
-def test_no_token(fake_hub, export_dir, capsys, monkeypatch, tmp_path):
+def test_no_token(export_dir, capsys, monkeypatch, tmp_path):
     from huggingface_hub import constants
 
-    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    code, _, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), REPO))
+    api = RecordingHub(token=None)
+    code, _, err = _exit(capsys, lambda: hub.push(export_dir, _metrics(), REPO, api=api))
     assert code == 2 and err.count("\n") == 1
     assert "needs a Hugging Face token" in err and "HF_TOKEN" in err
-    assert not fake_hub["hub"].requests
+    assert not api.calls
 
 
-def test_missing_export(fake_hub, tmp_path, capsys):
-    code, _, err = _exit(capsys, lambda: hub.push(tmp_path, _metrics(), REPO))
+def test_missing_export(api, tmp_path, capsys):
+    code, _, err = _exit(capsys, lambda: hub.push(tmp_path, _metrics(), REPO, api=api))
     assert code == 2 and "nothing to push" in err
-    code, _, err = _exit(capsys, lambda: hub.push(tmp_path, _metrics(), REPO, kinds=["merged"]))
+    code, _, err = _exit(capsys, lambda: hub.push(tmp_path, _metrics(), REPO, kinds=["merged"], api=api))
     assert code == 2 and "no merged export" in err
+    assert not api.calls
