@@ -58,6 +58,13 @@ def run_cli(fn: Callable[[list[str]], object], argv: list[str] | None = None) ->
         if not getattr(exc, "quiet", False):  # quiet: said already, by rank 0 or a rank
             print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except RuntimeError as exc:
+        launch = sys.modules.get("kit.launch")
+        if launch is None or not launch.peer_lost(exc):
+            raise
+        print(f"error: rank {launch.rank()} stopped: another training process is gone "
+              f"({str(exc).splitlines()[0][:120]})", file=sys.stderr)
+        return 1
     except Terminated:
         print(f"error: stopped by SIGTERM{_resume_hint()}", file=sys.stderr)
         return 128 + signal.SIGTERM

@@ -137,6 +137,33 @@ def total(value: int) -> int:
     return int(t.item())
 
 
+def ranks_agree(model) -> bool:
+    """Do all ranks hold the same trainable weights (DDP keeps them in step)? Compared by a
+    float64 fingerprint of every trainable tensor, gathered from each rank."""
+    if not in_ranks():
+        return True
+    import torch
+    import torch.distributed as dist
+
+    parts = [p.detach().double() for p in model.parameters() if p.requires_grad]
+    mine = torch.stack([torch.stack([t.sum(), t.square().sum()]) for t in parts]).flatten()
+    if dist.get_backend() == "nccl":
+        mine = mine.cuda()
+    every = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(every, mine)
+    return all(torch.equal(every[0], other) for other in every[1:])
+
+
+# What a collective raises when another rank is gone (gloo's socket errors; NCCL's abort).
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe",
+              "remote process exited", "communicator was aborted")
+
+
+def peer_lost(exc: BaseException) -> bool:
+    """Did this rank fail only because another rank died (which the launcher reports)?"""
+    return in_ranks() and isinstance(exc, RuntimeError) and any(s in str(exc) for s in _PEER_GONE)
+
+
 def leave() -> None:
     if in_ranks():
         import torch.distributed as dist
@@ -174,6 +201,7 @@ def run_ranks(cfg, recipe_file: str, n: int, say=print) -> dict:
     """Start `n` ranks of the recipe through torch's elastic launcher, wait for them, and return
     rank 0's metrics.json; a failed rank becomes one line with where to resume."""
     import json
+    import logging
     import time
     import uuid
 
@@ -195,6 +223,9 @@ def run_ranks(cfg, recipe_file: str, n: int, say=print) -> dict:
                           monitor_interval=0.5, shutdown_timeout=SHUTDOWN_S)
     metrics = Path(cfg.output_dir) / "metrics.json"
     started = time.time()
+    # The launcher logs each rank's exit and its stop signals; the failure line below says it.
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith(_LAUNCHER_LOGS)]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         elastic_launch(config, entrypoint=sys.executable)(recipe_file, *as_args(cfg))
     except ChildFailedError as exc:
@@ -209,6 +240,9 @@ def run_ranks(cfg, recipe_file: str, n: int, say=print) -> dict:
     finally:
         os.environ.pop(LAUNCHED, None)
     return json.loads(metrics.read_text())
+
+
+_LAUNCHER_LOGS = ("torch.distributed.elastic", "torch.distributed.launcher")
 
 
 def _first(exc):

@@ -276,9 +276,10 @@ def parallel(cfg, say=print, device: Device | None = None, gpus: int | None = No
                                world=1, cards=gpus)
         if split.fits:
             return Parallel(1, True, f"layers split over {gpus} GPUs in one process "
-                                     f"(device_map=balanced): {one.estimate.total:.1f} GiB does "
-                                     "not fit one card")
-    fail(f"{choice.label} does not fit: {one.message}"
+                                     f"(device_map=balanced): it needs ~{one.estimate.total:.1f} GiB, "
+                                     f"more than one card's {one.budget_gib:.1f} GiB usable")
+        fail(f"{choice.label} {split.message} (its layers split over {gpus} GPUs)")
+    fail(f"{choice.label} {one.message}"
          + ("" if cfg.nproc <= 1 else "; nproc=0 lets the plan split its layers over the GPUs"))
 
 

@@ -57,11 +57,10 @@ def check_disk(output_dir: str, needed: int, mirror: str = "", mirror_needed: in
 def start(cfg) -> None:
     """A recipe's first step: the config's values, then whether output_dir is ours to use
     (locked for this run; what a stopped run left half-written there is removed)."""
+    from kit import launch
     from kit.checkpoints import claim_output_dir, remove_stale
     from kit.config import validate
     from kit.report import escape, say
-
-    from kit import launch
 
     validate(cfg)
     check_services(cfg)

@@ -23,8 +23,10 @@ from kit.data import Encoded
 class TrainResult:
     steps: int
     seconds: float
-    tokens: int  # real (non-pad) tokens seen
+    tokens: int  # real (non-pad) tokens seen, all ranks together
     rows: int = 0  # training examples
+    world_size: int = 1  # training processes (kit.launch)
+    ranks_agree: bool = True  # every rank ended with the same adapter weights
     losses: list[float] = field(default_factory=list)
     learning_rates: list[float] = field(default_factory=list)
 
@@ -34,16 +36,15 @@ class TrainResult:
 
 
 class CountingCollator:
-    """Pads a batch (labels with -100) and counts the real tokens it saw."""
+    """Pads a batch (labels with -100). The trainer counts the real tokens each step trains on
+    (`include_num_input_tokens_seen`), summed over the ranks; the data loader may collate a
+    batch ahead that no step uses, so the collator does not count."""
 
     def __init__(self, tokenizer):
         self.inner = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-        self.tokens = 0
 
     def __call__(self, features):
-        batch = self.inner(features)
-        self.tokens += int(batch["attention_mask"].sum())
-        return batch
+        return self.inner(features)
 
 
 class PackingCollator(CountingCollator):
@@ -58,14 +59,12 @@ class PackingCollator(CountingCollator):
 
     def __init__(self, tokenizer):
         self.inner = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
-        self.tokens = 0
 
     def __call__(self, features):
         rows = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features]
         batch = self.inner(rows)
         lengths = [len(f["input_ids"]) for f in features]
         batch["packed_seq_lengths"] = torch.tensor(lengths, dtype=torch.int32)
-        self.tokens += sum(lengths)
         return batch
 
 
@@ -177,6 +176,9 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
         ddp_backend=None if gpu or not launch.in_ranks() else "gloo",
         ddp_find_unused_parameters=False,
         ddp_timeout=int(launch.WAIT.total_seconds()),
+        # Tokens trained on: a packed batch has no padding (and a pad token may equal EOS, so
+        # it cannot be counted by id); a padded one counts its attention mask.
+        include_num_input_tokens_seen="all" if packing else "non_padding",
     )
     trainer = SFTTrainer(
         model=model,
@@ -195,12 +197,27 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
     out = trainer.train(resume_from_checkpoint=resume_from)
     result.seconds = time.perf_counter() - start
     result.steps = out.global_step
-    result.tokens = launch.total(collator.tokens)  # every rank's share
+    result.tokens = trainer.state.num_input_tokens_seen - _tokens_before(resume_from)
+    result.world_size, result.ranks_agree = launch.world_size(), launch.ranks_agree(model)
     # The full curve, including steps logged before a resume (kept in the checkpoint's state).
     logged = [h for h in trainer.state.log_history if "loss" in h]
     result.losses = [float(h["loss"]) for h in logged]
     result.learning_rates = [float(h.get("learning_rate", 0.0)) for h in logged]
     return result
+
+
+def _tokens_before(checkpoint: str | None) -> int:
+    """Tokens seen before this session, as a resumed checkpoint's trainer state records them."""
+    if checkpoint is None:
+        return 0
+    import json
+    from pathlib import Path
+
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return int(state.get("num_input_tokens_seen", 0))
 
 
 def peak_memory_gib(gpu: bool) -> tuple[float, str]:
@@ -265,8 +282,14 @@ def run(prep, encoded: list[Encoded], cfg, say=print) -> TrainResult:
 
         models.plan_packed(prep, cfg, [len(e.input_ids) for e in encoded], say)
     prep.settings.packing, prep.settings.packing_reason = packing, why
-    return train(prep.model, prep.tokenizer, encoded, cfg, gpu=prep.device.gpu, bf16=prep.device.bf16,
+    result = train(prep.model, prep.tokenizer, encoded, cfg, gpu=prep.device.gpu, bf16=prep.device.bf16,
                  learning_rate=prep.learning_rate, checkpoint_dir=str(folder),
                  resume_from=str(resume_from) if resume_from else None, callbacks=(marker,),
                  micro_batch=prep.settings.micro_batch, grad_accum=prep.settings.grad_accum,
                  packing=packing)
+    if not result.ranks_agree:
+        from kit.report import warn
+
+        warn(f"the {result.world_size} processes ended with different adapter weights; rank 0's "
+             "are exported (report this: data-parallel training should keep them identical)")
+    return result

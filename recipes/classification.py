@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kit import classify, data, export, hub, models, preflight, train
+from kit import classify, data, export, hub, launch, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import console, escape, finish, say, step, warn
@@ -67,6 +67,12 @@ def main(cfg: ClassificationConfig) -> dict:
         texts, labels = classify.oversample(texts, labels, cfg.seed)
         say(f"balanced by oversampling: {escape(classify.class_counts(labels))}")
 
+    # Several GPUs (or nproc=N): one training process per GPU through torch's launcher; this
+    # process waits for them and returns rank 0's metrics. In those ranks, rank 0 alone
+    # evaluates, exports and pushes (launch.on_main); the others wait for its results.
+    if (n := launch.processes(cfg, say)) > 1:
+        return launch.run_ranks(cfg, __file__, n, say)
+
     # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU; a run that cannot fit the card stops here,
     #    before any weight loads.
     step("Model")
@@ -92,8 +98,8 @@ def main(cfg: ClassificationConfig) -> dict:
 
     # 5. Evaluate before training: every label scored for every held-out text.
     step("Evaluate before training")
-    before = classify.evaluate(prep.model, tokenizer, test_texts, d.test_labels, d.labels,
-                               cfg.max_seq_length)
+    before = launch.on_main(classify.evaluate, prep.model, tokenizer, test_texts, d.test_labels,
+                            d.labels, cfg.max_seq_length)
     console.print(classify.confusion_table(before, "before training"))
 
     # 6. Train.
@@ -102,27 +108,29 @@ def main(cfg: ClassificationConfig) -> dict:
 
     # 7. Evaluate after training.
     step("Evaluate after training")
-    after = classify.evaluate(prep.model, tokenizer, test_texts, d.test_labels, d.labels,
-                              cfg.max_seq_length)
+    after = launch.on_main(classify.evaluate, prep.model, tokenizer, test_texts, d.test_labels,
+                           d.labels, cfg.max_seq_length)
     console.print(classify.confusion_table(after, "after training"))
 
     # 8. Export with the label set; reload each in a fresh process and classify a held-out text.
     step("Export")
-    exports = export.export_and_verify(
-        prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
+    exports = launch.on_main(
+        export.export_and_verify, prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
         classify.prompt(test_texts[0], d.labels), progress=say,  # its true label: d.test_labels[0]
         extra_files={classify.LABELS_FILE: classify.labels_file(d.labels, cfg.max_seq_length)},
         gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = finish("classification", cfg, prep, result, before, after, exports, started,
-                   held_out=len(d.test_texts), extra={"labels": d.labels})
+    metrics = launch.on_main(finish, "classification", cfg, prep, result, before, after, exports,
+                             started, held_out=len(d.test_texts), extra={"labels": d.labels})
     export.require_ok(exports)  # an export that failed its fresh-process check fails the run
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
         step("Push to the Hub")
-        hub.push(Path(cfg.output_dir), metrics, cfg.push, cfg.push_private, progress=say)
+        launch.on_main(hub.push, Path(cfg.output_dir), metrics, cfg.push, cfg.push_private,
+                       progress=say)
+    launch.leave()
     return metrics
 
 

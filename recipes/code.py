@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from kit import code, data, evaluate, export, hub, models, preflight, sandbox, train
+from kit import code, data, evaluate, export, hub, launch, models, preflight, sandbox, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import fail, run_cli
 from kit.report import escape, finish, say, step, warn
@@ -90,6 +90,12 @@ def main(cfg: CodeConfig) -> dict:
         say(f"{cfg.data}: {len(train_cases)} training holes from {len(sources) - n_test} files; "
             f"{len(test_cases)} held-out holes from {n_test}")
 
+    # Several GPUs (or nproc=N): one training process per GPU through torch's launcher; this
+    # process waits for them and returns rank 0's metrics. In those ranks, rank 0 alone
+    # evaluates, exports and pushes (launch.on_main); the others wait for its results.
+    if (n := launch.processes(cfg, say)) > 1:
+        return launch.run_ranks(cfg, __file__, n, say)
+
     # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU; a run that cannot fit the card stops here,
     #    before any weight loads.
     step("Model")
@@ -136,29 +142,31 @@ def main(cfg: CodeConfig) -> dict:
         return result
 
     # 5-7. Evaluate, train, evaluate again on the same problems.
-    before = measure("before training")
+    before = launch.on_main(measure, "before training")
     step(f"Train {cfg.max_steps} steps")
     result = train.run(prep, train_enc, cfg, say)
-    after = measure("after training")
+    after = launch.on_main(measure, "after training")
 
     # 8. Export; reload each result in a fresh process and answer a held-out task.
     step("Export")
     # The check asks what the recipe taught: a held-out task, or a held-out hole to fill.
     probe = evaluate.prompt_of(problems[0]) if cfg.mode == "instruct" else \
         code.fim_prompt(tokenizer, fim, test_cases[0], cfg.max_seq_length)
-    exports = export.export_and_verify(prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
-                                       probe, progress=say, max_new_tokens=max(160, new_tokens),
-                                       gguf_quant=cfg.gguf_quant)
+    exports = launch.on_main(export.export_and_verify, prep.model, tokenizer, cfg.export,
+                             Path(cfg.output_dir), probe, progress=say,
+                             max_new_tokens=max(160, new_tokens), gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = finish("code", cfg, prep, result, before, after, exports, started, held_out=len(test_enc),
-                     extra={"sandbox": isolation} if isolation else None)
+    metrics = launch.on_main(finish, "code", cfg, prep, result, before, after, exports, started,
+                             held_out=len(test_enc), extra={"sandbox": isolation} if isolation else None)
     export.require_ok(exports)  # an export that failed its fresh-process check fails the run
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
         step("Push to the Hub")
-        hub.push(Path(cfg.output_dir), metrics, cfg.push, cfg.push_private, progress=say)
+        launch.on_main(hub.push, Path(cfg.output_dir), metrics, cfg.push, cfg.push_private,
+                       progress=say)
+    launch.leave()
     return metrics
 
 

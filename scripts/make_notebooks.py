@@ -93,8 +93,9 @@ PLATFORMS = {
         env={"CUDA_VISIBLE_DEVICES": "0"},
         howto=(
             "**On Kaggle:** *Settings → Accelerator → GPU T4 x2* and *Settings → Internet → on*, "
-            "then *Run All*. Unsloth trains on one GPU, so the first cell sets "
-            "`CUDA_VISIBLE_DEVICES=0` before torch is imported. The first cell installs the tested "
+            "then *Run All*. The notebook's own cells train on one T4 (the first cell sets "
+            "`CUDA_VISIBLE_DEVICES=0` before torch is imported); its last cell runs the recipe on "
+            "both T4s as two processes. The first cell installs the tested "
             "stack and the kit (a few minutes; Kaggle's own CUDA torch is kept when it fits the pins). "
             "Outputs go to `/kaggle/working/outputs/{recipe}` and are kept with *Save Version*. "
             "`/kaggle/working` holds 20 GB: a merged 16-bit export takes about 2 bytes per model "
@@ -103,6 +104,21 @@ PLATFORMS = {
         ),
     ),
 }
+
+BOTH_GPUS = """\
+BOTH_T4S = False
+if BOTH_T4S:
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    from kit import launch
+
+    both = dataclasses.replace(cfg, nproc=2, output_dir=cfg.output_dir + "-2gpu")
+    subprocess.run([sys.executable, "{kit_dir}/recipes/{recipe}.py", *launch.as_args(both)],
+                   env={{**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}}, check=True)
+"""
 
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
@@ -428,6 +444,12 @@ def read_recipe(path: Path) -> Recipe:
             for n in range(ret.lineno + 1, ret.end_lineno + 1):  # keep continuation lines aligned
                 if n not in inner and lines[n - 1].strip():
                     replace[n] = shift + lines[n - 1]
+    for stmt in stmts:  # the launch of several processes, and the comment above it
+        if _starts_ranks(stmt):
+            top = stmt.lineno
+            while lines[top - 2].strip().startswith("#"):
+                top -= 1
+            replace.update({n: None for n in range(top, stmt.end_lineno + 1)})
     text_lines = [replace.get(n, lines[n - 1]) for n in range(1, len(lines) + 1)]
 
     def block(a: int, b: int) -> str:  # lines a..b-1, 1-based, without the dropped ones
@@ -451,11 +473,21 @@ def read_recipe(path: Path) -> Recipe:
     return Recipe(path.stem, path, docstring, definitions, config_class, setup, stages)
 
 
+def _starts_ranks(stmt: ast.stmt) -> bool:
+    """`if (n := launch.processes(cfg, say)) > 1: return launch.run_ranks(...)`: starting one
+    process per GPU is for the script and main(); a notebook's cells run in its kernel, one
+    process (the Kaggle notebook's last cell runs the recipe on both T4s)."""
+    return (isinstance(stmt, ast.If) and len(stmt.body) == 1 and not stmt.orelse
+            and isinstance(stmt.body[0], ast.Return) and "run_ranks" in ast.unparse(stmt.body[0]))
+
+
 def _check_returns(main: ast.FunctionDef, stmts: list[ast.stmt], where: str) -> None:
     """Only a final top-level `return` can become `metrics = ...` in a notebook."""
     def visit(node: ast.AST):
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+                continue
+            if _starts_ranks(child):
                 continue
             if isinstance(child, ast.Return) and child is not stmts[-1]:
                 raise RecipeError(f"{where}:{child.lineno}: main() returns early; a notebook cannot")
@@ -554,6 +586,12 @@ def build(recipe: Recipe, platform: Platform) -> nbformat.NotebookNode:
         code(f"stage-{stage.num}", stage.code)
     md("end", f"The run's files are in `{output_dir}`: `metrics.json` (before/after, the training "
        "curve, each export's check) and the exported `adapter/` or `merged/` folders.")
+    if platform.name == "kaggle":
+        md("both-gpus-md", "## Both T4s\n\nThe cells above train in this notebook's process, on "
+           "one T4. This cell runs the same recipe, with the settings of the parameters cell, as "
+           "two processes, one per T4 (data-parallel through torch's launcher; `batch_size` stays "
+           "the effective batch): set `BOTH_T4S = True` and run it.")
+        code("both-gpus", BOTH_GPUS.format(kit_dir=platform.kit_dir, recipe=recipe.name))
 
     nb = v4.new_notebook(cells=cells)
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"},
