@@ -28,7 +28,7 @@ loss) was not measured at the 128k-262k vocabularies of Llama 3, Qwen or Gemma, 
 
 Its coefficients are fitted to peaks measured on an H200 (torch 2.11, transformers 5.17.0,
 unsloth 2026.10.9; random-init Llamas, sequence 2,048, LoRA r=16 on all projections):
-`CALIBRATION` keeps those points and tests/test_plan.py checks the estimate against them.
+`CALIBRATION` keeps those points; tests/test_plan.py refits without some and predicts those.
 
 Speed: a micro-batch costs the larger of the host's time to launch its kernels (about 8.75 ms
 per layer, measured through the kit on an H200: micro-batches of 1 and 2 rows of 2,048 tokens

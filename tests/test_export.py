@@ -5,16 +5,18 @@ import json
 import pytest
 import torch
 
-from kit import export, models
+from kit import export, models, stops
 from kit.config import LoraConfig
 
 PROMPT = [{"role": "user", "content": "Say yes."}]
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model_dir, tmp_path_factory):
+def exported(taught_model_dir, tmp_path_factory):
+    """Both exports of the taught tiny Llama (it answers "Done!" and ends its turn) with a LoRA
+    adapter that changes its logits but not its greedy answer."""
     device = models.detect_device()
-    model, tokenizer = models.load(models.resolve_model(str(tiny_model_dir), device), 128, False)
+    model, tokenizer = models.load(models.resolve_model(str(taught_model_dir), device), 128, False)
     model = models.add_lora(model, LoraConfig(r=8), False, 0)
     with torch.no_grad():  # LoRA B starts at zero; make the adapter do something
         for name, p in model.named_parameters():
@@ -37,13 +39,25 @@ def test_both_exports_written_with_tokenizer(exported):
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary folders left"
 
 
-def test_exports_load_in_a_fresh_process(exported):
-    _, results = exported
-    for res in results.values():
+def test_exports_load_in_a_fresh_process(exported, tokenizer):
+    out, results = exported
+    turn_end = stops.turn_end(tokenizer)
+    assert turn_end == "<|im_end|>"  # ChatML: what ends each assistant turn
+    for kind, res in results.items():
         assert "error" not in res, res
-        assert isinstance(res["reply"], str) and res["load_seconds"] >= 0
-        # A random model does not learn to stop: the check must say so, not pass blindly.
-        assert res["ok"] == res["stopped"]
+        # Loaded with plain peft/transformers, the export says what the model was taught and
+        # stops at the end of its turn, from its own generation_config.json.
+        assert res["reply"] == "Done!" and res["load_seconds"] >= 0, res
+        assert res["stopped"] and res["stop_token"] == turn_end, res
+        assert res["ok"] is True
+        saved = json.loads((out / kind / "generation_config.json").read_text())["eos_token_id"]
+        assert tokenizer.convert_tokens_to_ids(turn_end) in ([saved] if isinstance(saved, int) else saved)
+
+    # Cut off before its turn ends, the same export gives the same words and fails the check:
+    # a reply alone does not pass it.
+    cut = export.verify("merged", out / "merged", PROMPT, max_new_tokens=2)
+    assert cut["reply"] == "Done!" and not cut["stopped"] and cut["stop_token"] is None, cut
+    assert cut["ok"] is False and "did not stop" in export.problem_of(cut)
 
 
 def test_merged_equals_base_plus_adapter(exported):

@@ -104,9 +104,16 @@ def test_q4_k_m_quantized_through_the_binding(q4, q8):
     assert {"Q4_K", "Q6_K"} <= kinds, kinds
     assert q4.stat().st_size < 0.8 * q8.stat().st_size
     assert f["tokenizer.ggml.eos_token_id"] == 2
-    res = gguf.verify_gguf(q4, [{"role": "user", "content": "Say yes."}], max_new_tokens=24)
+    say_yes = [{"role": "user", "content": "Say yes."}]
+    res = gguf.verify_gguf(q4, say_yes, max_new_tokens=24)
     assert "error" not in res and res["reply"], res
-    assert res["ok"] == (res["stopped"] and bool(res["reply"]))
+    # The 4-bit file still ends its turn by itself, well before the limit, and passes the check.
+    assert res["finish_reason"] == "stop" and res["completion_tokens"] < 24 and res["ok"] is True, res
+    # Cut off before then, the same file gives the start of the same reply and fails the check.
+    cut = gguf.verify_gguf(q4, say_yes, max_new_tokens=4)
+    assert cut["finish_reason"] == "length" and cut["completion_tokens"] == 4, cut
+    assert cut["reply"] and res["reply"].startswith(cut["reply"]) and cut["reply"] != res["reply"]
+    assert cut["ok"] is False and not cut["stopped"]
 
 
 @pytest.mark.slow
