@@ -72,7 +72,17 @@ def _main_lines(recipe: str) -> list[str]:
     while not lines[start].rstrip().endswith(":"):
         start += 1
     end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() and not lines[i][0].isspace())
-    return lines[start + 1:end]
+    body, out = lines[start + 1:end], []
+    for i, line in enumerate(body):
+        if line.strip().startswith("if (n := launch.processes("):
+            # One process per GPU is the script's (kit.launch); a notebook runs in its kernel.
+            while out and out[-1].strip().startswith("#"):
+                out.pop()
+            assert body[i + 1].strip().startswith("return launch.run_ranks("), body[i + 1]
+            body[i + 1] = ""
+            continue
+        out.append(line)
+    return out
 
 
 def _words(text: str) -> list[str]:
