@@ -19,6 +19,13 @@ is read as source text and `ast` (never imported):
 
 The output is deterministic (stable cell ids and metadata, no outputs, sorted keys), so
 `--check` can tell whether a recipe changed without its notebooks being regenerated.
+
+Why not jupytext: it turns a percent-format script (`# %%` cells of top-level code) into a
+notebook. A recipe here is a function, `main(cfg)`, because `python -m kit`, `kit.recipe`, the
+tests and the multi-GPU launcher call it with a config and get its metrics back; a script of
+top-level cells could not be called that way, and keeping both a function and a cell script
+per recipe would put every line in two places. So the cells are cut from main() itself, by its
+numbered stage comments, and this file only lays them out (nbformat writes the notebook).
 """
 
 from __future__ import annotations
