@@ -72,7 +72,15 @@ def _main_lines(recipe: str) -> list[str]:
     while not lines[start].rstrip().endswith(":"):
         start += 1
     end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() and not lines[i][0].isspace())
-    return lines[start + 1:end]
+    body = lines[start + 1:end]
+    # The launch of several processes, and the comment above it, stay out of notebooks.
+    at = next((i for i, s in enumerate(body) if s.startswith("    if (n := launch.processes(")), None)
+    if at is not None:
+        top = at
+        while body[top - 1].startswith("    #"):
+            top -= 1
+        body[top:at + 2] = []
+    return body
 
 
 def _words(text: str) -> list[str]:
