@@ -29,15 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
-from trl import SFTTrainer
-from unsloth import FastLanguageModel
-
+# kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
+# transformers and peft, so Unsloth can patch them.
 from kit import code, data, evaluate, export, hub, launch, models, preflight, sandbox, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import escape, finish, say, step, warn
 from kit.secrets import hub_token
+
+# isort: split
+from trl import SFTTrainer
+from unsloth import FastLanguageModel
 
 
 @dataclass

@@ -29,15 +29,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import unsloth  # noqa: F401  (first: it patches transformers, trl and peft)
-from trl import SFTTrainer
-from unsloth import FastLanguageModel
-
+# kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
+# transformers and peft, so Unsloth can patch them.
 from kit import code, data, evaluate, export, hub, launch, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import fail, run_cli
 from kit.report import finish, say, step, warn
 from kit.secrets import hub_token
+
+# isort: split
+from trl import SFTTrainer
+from unsloth import FastLanguageModel
 
 
 @dataclass

@@ -383,8 +383,7 @@ def read_recipe(path: Path) -> Recipe:
         if isinstance(node, ast.ImportFrom) and node.module == "__future__":
             parts.append((start, node.end_lineno, _lines(lines, start, node.end_lineno), False))
         elif isinstance(node, ast.Import | ast.ImportFrom):
-            names = [a for a in node.names if (a.asname or a.name).split(".")[0] in used
-                     or (isinstance(node, ast.Import) and "noqa: F401" in lines[node.lineno - 1])]
+            names = [a for a in node.names if (a.asname or a.name).split(".")[0] in used]
             if len(names) == len(node.names):
                 text = _lines(lines, start, node.end_lineno)
             elif names:  # drop what only cli() needs
