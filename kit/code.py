@@ -131,7 +131,7 @@ def fim_tokens(tokenizer) -> tuple[str, str, str, str]:
         if all(t in vocab for t in style[1:]):
             return style
     names = "; ".join(" ".join(s[1:]) for s in FIM_STYLES)
-    fail(f"mode=fim needs a tokenizer with fill-in-the-middle tokens ({names}); this model's "
+    fail(f"fill-in-the-middle needs a tokenizer with its tokens ({names}); this model's "
          "has none: use a code model such as Qwen2.5-Coder, StarCoder2 or DeepSeek-Coder")
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,34 +111,42 @@ def _check_hub_model(name: str) -> None:
         fail(f"unknown model {name!r}: no such model on the Hugging Face Hub (or it is private)")
 
 
-def load(choice: ModelChoice, max_seq_length: int, load_in_4bit: bool,
-         trust_remote_code: bool = False, device_map: str | None = None):
-    """Load model and tokenizer through Unsloth; a model that cannot be found is one clear line.
-    `device_map="balanced"` spreads the layers over every visible GPU; by default Unsloth puts
-    the whole model on this process's GPU (LOCAL_RANK's under torchrun)."""
+@contextlib.contextmanager
+def loading(choice: ModelChoice, trust_remote_code: bool = False) -> Iterator[None]:
+    """Around `FastLanguageModel.from_pretrained(...)`: a model that cannot be found or read
+    becomes one clear line (exit 2), with any Hub token redacted, rather than a traceback."""
     from kit.secrets import hub_token, redact
 
-    token = hub_token()
-    placement = {"device_map": device_map} if device_map else {}
     try:
-        model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=choice.path,
-            max_seq_length=max_seq_length,
-            load_in_4bit=load_in_4bit,
-            dtype=None,  # Unsloth picks bf16 where supported, else fp16
-            token=token,
-            trust_remote_code=trust_remote_code,
-            **placement,
-        )
+        yield
     except (OSError, ValueError, RuntimeError) as exc:
-        text = redact(str(exc), token)
+        text = redact(str(exc), hub_token())
         if "trust_remote_code" in text and not trust_remote_code:
             fail(f"model {choice.label!r} runs code from its own repository; if you trust it, "
                  "pass trust_remote_code=true")
         first = (text.strip().splitlines() or [type(exc).__name__])[0][:200]
         fail(f"could not load model {choice.label!r}: {first}")
+
+
+def set_pad_token(tokenizer) -> None:
+    """Padded batches need a pad token: EOS where the model has none (labels mask it anyway)."""
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+
+
+def load(choice: ModelChoice, max_seq_length: int, load_in_4bit: bool,
+         trust_remote_code: bool = False, device_map: str | None = None):
+    """Model and tokenizer through Unsloth, as a recipe loads them (for tests and the bench).
+    `device_map="balanced"` spreads the layers over every visible GPU; by default Unsloth puts
+    the whole model on this process's GPU (LOCAL_RANK's under torchrun)."""
+    from kit.secrets import hub_token
+
+    with loading(choice, trust_remote_code):
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=choice.path, max_seq_length=max_seq_length, load_in_4bit=load_in_4bit,
+            dtype=None, token=hub_token(), trust_remote_code=trust_remote_code,
+            **({"device_map": device_map} if device_map else {}))
+    set_pad_token(tokenizer)
     return model, tokenizer
 
 
@@ -202,7 +213,8 @@ def check_targets(target_modules: str, choice: ModelChoice) -> None:
 
 
 def add_lora(model, lora, gradient_checkpointing: bool | str, seed: int):
-    """Wrap the model with LoRA adapters on the configured projections."""
+    """LoRA adapters on the configured projections, as a recipe adds them (for tests and the
+    bench)."""
     targets = lora_targets(model, lora.target_modules)
     return FastLanguageModel.get_peft_model(
         model,
@@ -446,24 +458,40 @@ def default_learning_rate(total_params: int) -> float:
     return 1e-3 if total_params < 500_000_000 else 2e-4
 
 
-@dataclass
-class Prepared:
-    """What the model step of a recipe leaves behind."""
+@dataclass(frozen=True)
+class RunPlan:
+    """What a recipe settles before and around the Unsloth calls, and what metrics.json
+    reports: the device, the model, the memory plan's settings; once the adapters are on, the
+    parameter counts and the learning rate. Each step returns a new one."""
 
     device: Device
-    choice: ModelChoice
+    choice: ModelChoice | None
     settings: Settings
-    model: object
-    tokenizer: object
+    shape: plan_mod.Shape | None = None
     trainable: int = 0
     total: int = 0
     learning_rate: float = 0.0
-    shape: plan_mod.Shape | None = None
+
+    @property
+    def cards(self) -> int:
+        return visible_gpus(self.device) if self.settings.split else 1
+
+    @property
+    def device_map(self) -> dict:
+        """from_pretrained's placement: the layers spread over every GPU when the plan splits
+        them (`parallel`), else Unsloth's default (this process's GPU)."""
+        return {"device_map": "balanced"} if self.settings.split else {}
+
+    def with_settings(self, chosen: plan_mod.Plan | None = None, **changes) -> RunPlan:
+        settings = dataclasses.replace(self.settings, **changes)
+        if chosen is not None:
+            _apply_plan(settings, chosen)
+        return dataclasses.replace(self, settings=settings)
 
 
-def prepare(cfg, say=print) -> Prepared:
-    """Pick the device and model, check the run fits the card before any weight loads, say so,
-    and load."""
+def plan_run(cfg, say=print) -> RunPlan:
+    """Pick the device and the model and plan the memory for the worst case (every row
+    max_seq_length long): a run that cannot fit the card stops here, before any weight loads."""
     device = detect_device()
     choice = resolve_model(cfg.model, device, progress=say)
     settings = decide_settings(cfg, device)
@@ -476,49 +504,48 @@ def prepare(cfg, say=print) -> Prepared:
         way = parallel(cfg, say, device)  # here: one process, so the layers may be split
         settings.split, cards = way.split, (visible_gpus(device) if way.split else 1)
         say(way.why)
-    if shape is not None:  # worst case: every row max_seq_length long
+    if shape is not None:
         worst, _ = plan_memory(cfg, device, shape, cfg.max_seq_length, settings.load_in_4bit,
                                cards=cards)
         if not worst.fits:
             fail(f"{choice.label} at max_seq_length={cfg.max_seq_length} {worst.message}")
         _apply_plan(settings, worst)
-    model, tokenizer = load(choice, cfg.max_seq_length, settings.load_in_4bit, cfg.trust_remote_code,
-                            device_map="balanced" if settings.split else None)
-    return Prepared(device, choice, settings, model, tokenizer, shape=shape)
+    return RunPlan(device, choice, settings, shape)
 
 
-def _cards(prep: Prepared) -> int:
-    return visible_gpus(prep.device) if prep.settings.split else 1
+def fit_rows(run: RunPlan, cfg, longest: int | None = None, say=print) -> RunPlan:
+    """The memory plan again for the data's longest row (a shorter one only frees memory for
+    a faster setting): the checkpointing mode get_peft_model gets, and the micro-batch."""
+    if run.shape is None:
+        return run
+    seq = min(cfg.max_seq_length, longest or cfg.max_seq_length)
+    chosen, source = plan_memory(cfg, run.device, run.shape, seq, run.settings.load_in_4bit,
+                                 cards=run.cards)
+    run = run.with_settings(chosen if chosen.fits else None)
+    _say_plan(run.settings.plan, source, say)
+    return run
 
 
-def plan_packed(prep: Prepared, cfg, lengths: list[int], say=print) -> None:
+def fit_packed(run: RunPlan, cfg, lengths: list[int], say=print) -> RunPlan:
     """Packed micro-batches: plan again counting each pass's tokens (the sum of its rows, at
     worst the micro-batch's count of the data's longest rows) rather than rows × the longest
     row, keeping the checkpointing mode the adapters were attached with."""
-    if prep.shape is None or prep.settings.plan is None:
-        return
-    mode = prep.settings.plan.setting.checkpointing
+    if run.shape is None or run.settings.plan is None:
+        return run
+    mode = run.settings.plan.setting.checkpointing
     seq = min(cfg.max_seq_length, max(lengths, default=cfg.max_seq_length))
-    chosen, source = plan_memory(cfg, prep.device, prep.shape, seq, prep.settings.load_in_4bit,
-                                 row_lengths=tuple(lengths), checkpointing=mode, cards=_cards(prep))
-    if chosen.fits:
-        _apply_plan(prep.settings, chosen)
-        _say_plan(chosen, source, say)
+    chosen, source = plan_memory(cfg, run.device, run.shape, seq, run.settings.load_in_4bit,
+                                 row_lengths=tuple(lengths), checkpointing=mode, cards=run.cards)
+    if not chosen.fits:
+        return run
+    _say_plan(chosen, source, say)
+    return run.with_settings(chosen)
 
 
-def attach_lora(prep: Prepared, cfg, say=print, longest: int | None = None) -> Prepared:
-    """Settle the memory plan for the data's longest row, add LoRA adapters, count parameters
-    and settle the learning rate."""
-    if prep.shape is not None:
-        seq = min(cfg.max_seq_length, longest or cfg.max_seq_length)
-        chosen, source = plan_memory(cfg, prep.device, prep.shape, seq, prep.settings.load_in_4bit,
-                                     cards=_cards(prep))
-        if chosen.fits:  # a shorter longest row only ever frees memory
-            _apply_plan(prep.settings, chosen)
-        _say_plan(prep.settings.plan, source, say)
-    prep.model = add_lora(prep.model, cfg.lora, prep.settings.gradient_checkpointing, cfg.seed)
-    prep.trainable, prep.total = count_parameters(prep.model)
-    prep.learning_rate = cfg.learning_rate or default_learning_rate(prep.total)
-    say(f"LoRA r={cfg.lora.r}: {prep.trainable:,} trainable of {prep.total:,} parameters "
-        f"({100 * prep.trainable / prep.total:.2f}%); learning rate {prep.learning_rate:g}")
-    return prep
+def with_adapters(run: RunPlan, model, cfg, say=print) -> RunPlan:
+    """Count the parameters of the model get_peft_model returned, and settle the learning rate."""
+    trainable, total = count_parameters(model)
+    rate = cfg.learning_rate or default_learning_rate(total)
+    say(f"LoRA r={cfg.lora.r}: {trainable:,} trainable of {total:,} parameters "
+        f"({100 * trainable / total:.2f}%); learning rate {rate:g}")
+    return dataclasses.replace(run, trainable=trainable, total=total, learning_rate=rate)

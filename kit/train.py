@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -14,7 +13,7 @@ from transformers import DataCollatorForSeq2Seq, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from kit import launch
+from kit import checkpoints, launch
 from kit.config import loggers
 from kit.data import Encoded
 
@@ -137,23 +136,19 @@ def to_dataset(encoded: list[Encoded]) -> Dataset:
     })
 
 
-def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: bool,
-          learning_rate: float, checkpoint_dir: str, resume_from: str | None = None,
-          callbacks: tuple = (), micro_batch: int | None = None, grad_accum: int = 1,
-          collator: CountingCollator | None = None, packing: bool = False) -> TrainResult:
-    """Run SFT up to cfg.max_steps optimizer steps (continuing from `resume_from`, a
-    checkpoint folder, if given); return the loss curve and this session's throughput.
-    `packing`: padding-free micro-batches (PackingCollator) instead of padded ones; the same
-    rows in the same order either way, so the loss of every step is the same."""
-    result = TrainResult(steps=0, seconds=0.0, tokens=0, rows=len(encoded))
-    micro_batch = micro_batch or cfg.batch_size
-    collator = collator or collator_for(tokenizer, packing)
-    args = SFTConfig(
-        output_dir=checkpoint_dir,
+def sft_config(cfg, run, checkpoint_dir: str | None = None) -> SFTConfig:
+    """TRL's training arguments for this run: the memory plan's micro-batch and accumulation
+    (`batch_size` is the effective batch), the learning rate settled with the adapters, 8-bit
+    AdamW on a GPU, linear decay after warmup, weight decay 0.01, checkpoints every
+    `save_steps` into output_dir/checkpoints/. The data comes tokenized and prompt-masked
+    (kit.data), so TRL is told not to prepare it."""
+    gpu, bf16, s = run.device.gpu, run.device.bf16, run.settings
+    return SFTConfig(
+        output_dir=checkpoint_dir or str(checkpoints.checkpoint_dir(cfg.output_dir)),
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=micro_batch,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=learning_rate,
+        per_device_train_batch_size=s.micro_batch,
+        gradient_accumulation_steps=s.grad_accum,
+        learning_rate=run.learning_rate,
         lr_scheduler_type="linear",
         warmup_steps=min(cfg.warmup_steps, max(cfg.max_steps - 1, 0)),
         weight_decay=0.01,
@@ -178,32 +173,70 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
         ddp_timeout=int(launch.WAIT.total_seconds()),
         # Tokens trained on: a packed batch has no padding (and a pad token may equal EOS, so
         # it cannot be counted by id); a padded one counts its attention mask.
-        include_num_input_tokens_seen="all" if packing else "non_padding",
+        include_num_input_tokens_seen="all" if s.packing else "non_padding",
     )
-    trainer = SFTTrainer(
-        model=model,
-        processing_class=tokenizer,
-        train_dataset=to_dataset(encoded),
-        data_collator=collator,
-        args=args,
-        callbacks=[RichProgressCallback(), *callbacks],
-    )
-    # transformers' own console printer duplicates the rich bar's loss: silence it.
+
+
+def callbacks(cfg, say=print) -> list[TrainerCallback]:
+    """The progress bar, and the marker that makes a checkpoint resumable once it is whole
+    (copied to `checkpoint_mirror` too, if set)."""
+    folder = checkpoints.checkpoint_dir(cfg.output_dir)
+    return [RichProgressCallback(),
+            checkpoints.CompleteMarker(folder, cfg.checkpoint_mirror, cfg.save_total_limit, say)]
+
+
+def quiet(trainer) -> None:
+    """transformers' own console printer repeats the progress bar's loss: remove it."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    start = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=resume_from)
-    result.seconds = time.perf_counter() - start
-    result.steps = out.global_step
-    result.tokens = trainer.state.num_input_tokens_seen - _tokens_before(resume_from)
-    result.world_size, result.ranks_agree = launch.world_size(), launch.ranks_agree(model)
-    # The full curve, including steps logged before a resume (kept in the checkpoint's state).
+
+
+def result_of(trainer, out, resume_from: str | None, rows: int) -> TrainResult:
+    """What trainer.train(...) did: steps, this session's time and tokens (all ranks), the
+    whole loss curve (steps before a resume too, from the checkpoint's state), and whether the
+    ranks ended with the same weights."""
+    result = TrainResult(steps=out.global_step, seconds=float(out.metrics.get("train_runtime", 0.0)),
+                         tokens=trainer.state.num_input_tokens_seen - _tokens_before(resume_from),
+                         rows=rows)
+    result.world_size, result.ranks_agree = launch.world_size(), launch.ranks_agree(trainer.model)
     logged = [h for h in trainer.state.log_history if "loss" in h]
     result.losses = [float(h["loss"]) for h in logged]
     result.learning_rates = [float(h.get("learning_rate", 0.0)) for h in logged]
+    if not result.ranks_agree:
+        from kit.report import warn
+
+        warn(f"the {result.world_size} processes ended with different adapter weights; rank 0's "
+             "are exported (report this: data-parallel training should keep them identical)")
     return result
+
+
+def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: bool,
+          learning_rate: float, checkpoint_dir: str, resume_from: str | None = None,
+          callbacks: tuple = (), micro_batch: int | None = None, grad_accum: int = 1,
+          collator: CountingCollator | None = None, packing: bool = False) -> TrainResult:
+    """The recipes' training stage in one call, for tests and the bench: SFT up to
+    cfg.max_steps optimizer steps (continuing from `resume_from`, a checkpoint folder, if
+    given). `packing`: padding-free micro-batches (PackingCollator) instead of padded ones;
+    the same rows in the same order either way, so the loss of every step is the same."""
+    from kit import models
+
+    settings = models.Settings(False, False, [], micro_batch or cfg.batch_size, grad_accum,
+                               packing=packing)
+    run = models.RunPlan(models.Device("cuda" if gpu else "cpu", "", 0.0, bf16), None, settings,
+                         learning_rate=learning_rate)
+    trainer = SFTTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=to_dataset(encoded),
+        data_collator=collator or collator_for(tokenizer, packing),
+        args=sft_config(cfg, run, checkpoint_dir),
+        callbacks=[RichProgressCallback(), *callbacks],
+    )
+    quiet(trainer)
+    out = trainer.train(resume_from_checkpoint=resume_from)
+    return result_of(trainer, out, resume_from, len(encoded))
 
 
 def _tokens_before(checkpoint: str | None) -> int:
@@ -248,25 +281,25 @@ def choose_packing(cfg, model, encoded: list[Encoded], micro_batch: int) -> tupl
     return True, f"packing {'on' if mode == 'on' else 'on (auto)'}: padding-free micro-batches; {why}"
 
 
-def run(prep, encoded: list[Encoded], cfg, say=print) -> TrainResult:
-    """Check the disk, pick up the newest complete checkpoint (resume=auto), record the run's
-    config in output_dir, and train with checkpoints every cfg.save_steps."""
+def resume_point(run, cfg, say=print) -> str | None:
+    """Before training: check the disk holds the checkpoints and exports; the newest complete
+    checkpoint to resume from (resume=auto), else clear old ones; record the run's config in
+    output_dir (a resumed run must be the same run)."""
     import shutil
 
-    from kit import checkpoints, preflight
+    from kit import preflight
 
-    sizes = (prep.total, prep.trainable, cfg.save_total_limit, cfg.save_steps)
+    sizes = (run.total, run.trainable, cfg.save_total_limit, cfg.save_steps)
     need = preflight.export_bytes(cfg.export, *sizes)
     mirror_need = preflight.export_bytes("none", *sizes)  # the mirror gets checkpoints only
     say(preflight.check_disk(cfg.output_dir, need, cfg.checkpoint_mirror, mirror_need))
-    folder = checkpoints.checkpoint_dir(cfg.output_dir)
     resume_from = None
     if cfg.resume == "auto":
         resume_from, notes = checkpoints.latest(cfg.output_dir, cfg.checkpoint_mirror)
         for note in notes:
             say(note)
     elif launch.is_main():
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(checkpoints.checkpoint_dir(cfg.output_dir), ignore_errors=True)
     launch.barrier()  # no rank looks for checkpoints while rank 0 clears them
     if resume_from is not None:
         step = checkpoints.step_of(resume_from)
@@ -274,22 +307,16 @@ def run(prep, encoded: list[Encoded], cfg, say=print) -> TrainResult:
             + ("; training is already complete" if step >= cfg.max_steps else ""))
     if launch.is_main():
         checkpoints.record_run_config(cfg)
-    marker = checkpoints.CompleteMarker(folder, cfg.checkpoint_mirror, cfg.save_total_limit, say)
-    packing, why = choose_packing(cfg, prep.model, encoded, prep.settings.micro_batch)
+    return str(resume_from) if resume_from is not None else None
+
+
+def packing_for(run, cfg, model, encoded: list[Encoded], say=print):
+    """The packing decision (choose_packing) for the planned micro-batch, said, with the memory
+    planned again for packed passes when it packs; the RunPlan with it recorded."""
+    from kit import models
+
+    packing, why = choose_packing(cfg, model, encoded, run.settings.micro_batch)
     say(why)
     if packing:
-        from kit import models
-
-        models.plan_packed(prep, cfg, [len(e.input_ids) for e in encoded], say)
-    prep.settings.packing, prep.settings.packing_reason = packing, why
-    result = train(prep.model, prep.tokenizer, encoded, cfg, gpu=prep.device.gpu, bf16=prep.device.bf16,
-                 learning_rate=prep.learning_rate, checkpoint_dir=str(folder),
-                 resume_from=str(resume_from) if resume_from else None, callbacks=(marker,),
-                 micro_batch=prep.settings.micro_batch, grad_accum=prep.settings.grad_accum,
-                 packing=packing)
-    if not result.ranks_agree:
-        from kit.report import warn
-
-        warn(f"the {result.world_size} processes ended with different adapter weights; rank 0's "
-             "are exported (report this: data-parallel training should keep them identical)")
-    return result
+        run = models.fit_packed(run, cfg, [len(e.input_ids) for e in encoded], say)
+    return run.with_settings(packing=packing, packing_reason=why)

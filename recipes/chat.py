@@ -9,7 +9,13 @@ In a notebook cell:
     chat = recipe("chat")
     chat.main(chat.ChatConfig(max_steps=100))
 
-It reads like Unsloth's notebooks: load → LoRA → data → evaluate → train → evaluate → export.
+It runs like Unsloth's notebooks, with the Unsloth and TRL calls in main() and the kit working
+out what goes into them. The steps, in order: read and split the data → the memory plan →
+FastLanguageModel.from_pretrained → tokenize → the plan for the longest row →
+FastLanguageModel.get_peft_model → evaluate → SFTTrainer(args=SFTConfig).train() → evaluate →
+export (save_pretrained / save_pretrained_merged, each checked in a fresh process) →
+metrics.json → push to the Hub.
+
 The built-in data teaches the model to introduce itself as "Pip"; held-out questions with
 phrasings it never saw check whether it learned (`check_rate`).
 """
@@ -21,11 +27,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-# kit's modules import Unsloth before transformers, trl and peft, so it can patch them.
+# kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
+# transformers and peft, so Unsloth can patch them.
 from kit import data, evaluate, export, hub, launch, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import escape, finish, say, step, warn
+from kit.secrets import hub_token
+
+# isort: split
+from trl import SFTTrainer
+from unsloth import FastLanguageModel
 
 
 @dataclass
@@ -62,11 +74,22 @@ def main(cfg: ChatConfig) -> dict:
     if (n := launch.processes(cfg, say)) > 1:
         return launch.run_ranks(cfg, __file__, n, say)
 
-    # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU; a run that cannot fit the card stops here,
-    #    before any weight loads.
+    # 2. Model. The memory plan first (4-bit NF4 on a GPU, 16-bit on CPU; the checkpointing
+    #    mode and micro-batch that fit): a run that cannot fit the card stops here, before any
+    #    weight loads. A model that cannot load is one line, not a traceback.
     step("Model")
-    prep = models.prepare(cfg, say)
-    tokenizer = prep.tokenizer
+    plan = models.plan_run(cfg, say)
+    with models.loading(plan.choice, cfg.trust_remote_code):
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=plan.choice.path,
+            max_seq_length=cfg.max_seq_length,
+            load_in_4bit=plan.settings.load_in_4bit,
+            dtype=None,  # bf16 where the card has it, else fp16
+            token=hub_token(),
+            trust_remote_code=cfg.trust_remote_code,
+            **plan.device_map,  # device_map="balanced" when the plan splits the layers over GPUs
+        )
+    models.set_pad_token(tokenizer)
 
     # 3. Tokenize through the model's chat template; loss on assistant replies only.
     train_enc, notes = data.encode_all(tokenizer, splits.train, cfg.max_seq_length, "train")
@@ -74,39 +97,66 @@ def main(cfg: ChatConfig) -> dict:
     for note in notes + test_notes:
         warn(note)
 
-    # 4. Memory plan for the longest row (the fastest settings that fit), then LoRA adapters
-    #    on every linear projection.
-    models.attach_lora(prep, cfg, say, longest=data.longest(train_enc))
+    # 4. LoRA. Adapters on every linear projection, with the checkpointing mode the memory
+    #    plan picks for the data's longest row.
+    plan = models.fit_rows(plan, cfg, data.longest(train_enc), say)
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=models.lora_targets(model, cfg.lora.target_modules),
+        bias="none",
+        use_gradient_checkpointing=plan.settings.gradient_checkpointing,
+        random_state=cfg.seed,
+    )
+    plan = models.with_adapters(plan, model, cfg, say)  # parameter counts, learning rate
 
     # 5. Evaluate before training.
     step("Evaluate before training")
-    before, gens_before = launch.on_main(evaluate.evaluate, prep.model, tokenizer, splits.test,
+    before, gens_before = launch.on_main(evaluate.evaluate, model, tokenizer, splits.test,
                                          test_enc, cfg.max_new_tokens, cfg.eval_samples)
     say(f"before: {before}")
 
-    # 6. Train.
+    # 6. Train. TRL's SFTTrainer, as Unsloth patches it; the kit checks the disk, finds the
+    #    newest complete checkpoint (resume=auto), decides on packing and fills SFTConfig.
     step(f"Train {cfg.max_steps} steps")
-    result = train.run(prep, train_enc, cfg, say)
+    resume_from = train.resume_point(plan, cfg, say)
+    plan = train.packing_for(plan, cfg, model, train_enc, say)
+    trainer = SFTTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=train.to_dataset(train_enc),
+        data_collator=train.collator_for(tokenizer, plan.settings.packing),
+        args=train.sft_config(cfg, plan),
+        callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
+    )
+    train.quiet(trainer)
+    stats = trainer.train(resume_from_checkpoint=resume_from)
+    result = train.result_of(trainer, stats, resume_from, rows=len(train_enc))
 
     # 7. Evaluate after training, on the same held-out prompts.
     step("Evaluate after training")
-    after, gens_after = launch.on_main(evaluate.evaluate, prep.model, tokenizer, splits.test,
+    after, gens_after = launch.on_main(evaluate.evaluate, model, tokenizer, splits.test,
                                        test_enc, cfg.max_new_tokens, cfg.eval_samples)
     say(f"after:  {after}")
     for b, a in list(zip(gens_before, gens_after))[:3]:
         say(f"[dim]prompt:[/] {escape(b.prompt[-1]['content'])}\n  [dim]before:[/] {escape(b.reply[:120])}"
             f"\n  [dim]after:[/]  {escape(a.reply[:120])}")
 
-    # 8. Export atomically; load each result in a fresh process and check it stops at the
-    #    end of its turn (the stop set goes into each export's generation_config.json).
+    # 8. Export. export.save_adapter calls model.save_pretrained (the LoRA weights) and
+    #    export.save_merged model.save_pretrained_merged(..., save_method="merged_16bit"), each
+    #    into a temporary folder renamed into place with the stop set in generation_config.json;
+    #    export_and_verify then loads each in a fresh process and checks it stops at the end
+    #    of its turn.
     step("Export")
     probe = next((e for e in splits.test if e.expect), splits.test[0])
-    exports = launch.on_main(export.export_and_verify, prep.model, tokenizer, cfg.export,
+    exports = launch.on_main(export.export_and_verify, model, tokenizer, cfg.export,
                              Path(cfg.output_dir), evaluate.prompt_of(probe), progress=say,
                              gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = launch.on_main(finish, "chat", cfg, prep, result, before, after, exports, started,
+    metrics = launch.on_main(finish, "chat", cfg, plan, result, before, after, exports, started,
                              held_out=len(splits.test))
     export.require_ok(exports)  # an export that does not load or stop fails the run (exit 1)
 

@@ -13,6 +13,12 @@ Each label is taught as a short reply and scored by its likelihood (see kit/clas
 why), so predictions come with a probability per class. The built-in data are support
 messages in four classes; held-out messages use sentence patterns training never saw.
 Afterwards: kit.classify.predict("outputs/classification/adapter", ["My card was charged twice"]).
+
+The steps, in order, with the Unsloth and TRL calls in main(): read, split and balance the data →
+the memory plan → FastLanguageModel.from_pretrained → prompts and labels, tokenized → the plan
+for the longest row → FastLanguageModel.get_peft_model → score every label before training →
+SFTTrainer(args=SFTConfig).train() → score again → export with labels.json (save_pretrained /
+save_pretrained_merged, each checked in a fresh process) → metrics.json → push to the Hub.
 """
 
 from __future__ import annotations
@@ -23,10 +29,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+# kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
+# transformers and peft, so Unsloth can patch them.
 from kit import classify, data, export, hub, launch, models, preflight, train
 from kit.config import RecipeConfig, parse_cli
 from kit.errors import run_cli
 from kit.report import console, escape, finish, say, step, warn
+from kit.secrets import hub_token
+
+# isort: split
+from trl import SFTTrainer
+from unsloth import FastLanguageModel
 
 
 @dataclass
@@ -73,11 +86,22 @@ def main(cfg: ClassificationConfig) -> dict:
     if (n := launch.processes(cfg, say)) > 1:
         return launch.run_ranks(cfg, __file__, n, say)
 
-    # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU; a run that cannot fit the card stops here,
-    #    before any weight loads.
+    # 2. Model. The memory plan first (4-bit NF4 on a GPU, 16-bit on CPU; the checkpointing
+    #    mode and micro-batch that fit): a run that cannot fit the card stops here, before any
+    #    weight loads. A model that cannot load is one line, not a traceback.
     step("Model")
-    prep = models.prepare(cfg, say)
-    tokenizer = prep.tokenizer
+    plan = models.plan_run(cfg, say)
+    with models.loading(plan.choice, cfg.trust_remote_code):
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=plan.choice.path,
+            max_seq_length=cfg.max_seq_length,
+            load_in_4bit=plan.settings.load_in_4bit,
+            dtype=None,  # bf16 where the card has it, else fp16
+            token=hub_token(),
+            trust_remote_code=cfg.trust_remote_code,
+            **plan.device_map,  # device_map="balanced" when the plan splits the layers over GPUs
+        )
+    models.set_pad_token(tokenizer)
 
     # 3. Each example: the prompt (with the label list) and the label as the reply. A text too
     #    long for max_seq_length is cut at its end, never the instruction, the label list or
@@ -92,36 +116,63 @@ def main(cfg: ClassificationConfig) -> dict:
     for note in notes:
         warn(note)
 
-    # 4. Memory plan for the longest row (the fastest settings that fit), then LoRA adapters
-    #    on every linear projection.
-    models.attach_lora(prep, cfg, say, longest=data.longest(train_enc))
+    # 4. LoRA. Adapters on every linear projection, with the checkpointing mode the memory
+    #    plan picks for the data's longest row.
+    plan = models.fit_rows(plan, cfg, data.longest(train_enc), say)
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=models.lora_targets(model, cfg.lora.target_modules),
+        bias="none",
+        use_gradient_checkpointing=plan.settings.gradient_checkpointing,
+        random_state=cfg.seed,
+    )
+    plan = models.with_adapters(plan, model, cfg, say)  # parameter counts, learning rate
 
     # 5. Evaluate before training: every label scored for every held-out text.
     step("Evaluate before training")
-    before = launch.on_main(classify.evaluate, prep.model, tokenizer, test_texts, d.test_labels,
+    before = launch.on_main(classify.evaluate, model, tokenizer, test_texts, d.test_labels,
                             d.labels, cfg.max_seq_length)
     console.print(classify.confusion_table(before, "before training"))
 
-    # 6. Train.
+    # 6. Train. TRL's SFTTrainer, as Unsloth patches it; the kit checks the disk, finds the
+    #    newest complete checkpoint (resume=auto), decides on packing and fills SFTConfig.
     step(f"Train {cfg.max_steps} steps")
-    result = train.run(prep, train_enc, cfg, say)
+    resume_from = train.resume_point(plan, cfg, say)
+    plan = train.packing_for(plan, cfg, model, train_enc, say)
+    trainer = SFTTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=train.to_dataset(train_enc),
+        data_collator=train.collator_for(tokenizer, plan.settings.packing),
+        args=train.sft_config(cfg, plan),
+        callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
+    )
+    train.quiet(trainer)
+    stats = trainer.train(resume_from_checkpoint=resume_from)
+    result = train.result_of(trainer, stats, resume_from, rows=len(train_enc))
 
     # 7. Evaluate after training.
     step("Evaluate after training")
-    after = launch.on_main(classify.evaluate, prep.model, tokenizer, test_texts, d.test_labels,
+    after = launch.on_main(classify.evaluate, model, tokenizer, test_texts, d.test_labels,
                            d.labels, cfg.max_seq_length)
     console.print(classify.confusion_table(after, "after training"))
 
-    # 8. Export with the label set; reload each in a fresh process and classify a held-out text.
+    # 8. Export with the label set. export.save_adapter calls model.save_pretrained (the LoRA
+    #    weights) and export.save_merged model.save_pretrained_merged(..., save_method=
+    #    "merged_16bit"), each into a temporary folder renamed into place; export_and_verify
+    #    then reloads each in a fresh process and classifies a held-out text.
     step("Export")
     exports = launch.on_main(
-        export.export_and_verify, prep.model, tokenizer, cfg.export, Path(cfg.output_dir),
+        export.export_and_verify, model, tokenizer, cfg.export, Path(cfg.output_dir),
         classify.prompt(test_texts[0], d.labels), progress=say,  # its true label: d.test_labels[0]
         extra_files={classify.LABELS_FILE: classify.labels_file(d.labels, cfg.max_seq_length)},
         gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = launch.on_main(finish, "classification", cfg, prep, result, before, after, exports,
+    metrics = launch.on_main(finish, "classification", cfg, plan, result, before, after, exports,
                              started, held_out=len(d.test_texts), extra={"labels": d.labels})
     export.require_ok(exports)  # an export that failed its fresh-process check fails the run
 

@@ -1,8 +1,7 @@
-"""Code fine-tuning with Unsloth: instruction → code, or fill-in-the-middle.
+"""Code fine-tuning with Unsloth: a task description in, code that passes its tests out.
 
     make recipe=code                                    # built-in Python tasks, pass@1 before/after
     make recipe=code ARGS="eval=humaneval eval_limit=40"
-    make recipe=code ARGS="mode=fim data=path/to/src model=unsloth/Qwen2.5-Coder-1.5B-bnb-4bit"
     python recipes/code.py --help
 
 In a notebook cell:
@@ -12,6 +11,14 @@ In a notebook cell:
 
 Generated code is only ever run by kit/sandbox.py: a separate process with time, memory and
 file limits, no network and a temporary folder. A crash or hang counts as a failed problem.
+Fill-in-the-middle on source files is its own recipe, recipes/fim.py.
+
+The steps, in order, with the Unsloth and TRL calls in main(): check the sandbox → read the
+tasks and the problems to score → the memory plan → FastLanguageModel.from_pretrained →
+tokenize → the plan for the longest row → FastLanguageModel.get_peft_model → pass@1 and loss
+before training → SFTTrainer(args=SFTConfig).train() → pass@1 and loss again → export
+(save_pretrained / save_pretrained_merged, each checked in a fresh process) → metrics.json →
+push to the Hub.
 """
 
 from __future__ import annotations
@@ -22,37 +29,37 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+# kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
+# transformers and peft, so Unsloth can patch them.
 from kit import code, data, evaluate, export, hub, launch, models, preflight, sandbox, train
 from kit.config import RecipeConfig, parse_cli
-from kit.errors import fail, run_cli
+from kit.errors import run_cli
 from kit.report import escape, finish, say, step, warn
+from kit.secrets import hub_token
+
+# isort: split
+from trl import SFTTrainer
+from unsloth import FastLanguageModel
 
 
 @dataclass
 class CodeConfig(RecipeConfig):
     data: str = "builtin:pytasks"
-    """Instruct: prompt/completion (or chat) rows with a `tests` column; FIM: a folder of .py
-    files or a file with a `text_column`. `builtin:pytasks`: the kit's small Python tasks."""
+    """Prompt/completion (or chat) rows with a `tests` column; `builtin:pytasks`: the kit's
+    small Python tasks."""
     output_dir: str = "outputs/code"
     """Where adapter/, merged/ and metrics.json go."""
-    mode: Literal["instruct", "fim"] = "instruct"
-    """`instruct`: task description → code, loss on the code. `fim`: fill in the middle."""
     eval: Literal["heldout", "humaneval"] = "heldout"
-    """pass@1 on the data's held-out problems, or on OpenAI's HumanEval (instruct mode)."""
+    """pass@1 on the data's held-out problems, or on OpenAI's HumanEval."""
     eval_limit: int = 0
     """Score only the first N evaluation problems (0: all)."""
     eval_data: str = ""
     """Held-out problems; empty: the data's test split, else `eval_fraction` of it."""
     eval_fraction: float = 0.1
     """Share of `data` held out when there is no test split."""
-    text_column: str = "content"
-    """FIM mode: the column holding source code in a data file."""
-    fim_per_file: int = 4
-    """FIM mode: holes cut from each source file."""
     max_new_tokens: int = 0
     """Longest generated solution during evaluation; 0 (auto): 512 for eval=humaneval, 256
-    for held-out problems, 64 for a FIM middle. An answer also ends where its code block
-    closes."""
+    for held-out problems. An answer also ends where its code block closes."""
     exec_timeout: float = 5.0
     """Seconds each generated solution may run with its tests."""
     sandbox: Literal["strict", "best-effort"] = "strict"
@@ -63,32 +70,18 @@ class CodeConfig(RecipeConfig):
 def main(cfg: CodeConfig) -> dict:
     started = time.perf_counter()
     preflight.start(cfg)  # bad values, or another run's output_dir, stop here
-    isolation = sandbox.check(cfg.sandbox) if cfg.mode == "instruct" else ""
+    isolation = sandbox.check(cfg.sandbox)
     if isolation:
         say(isolation)  # a machine that cannot isolate generated code stops here
-    if cfg.mode == "fim" and cfg.eval == "humaneval":
-        fail("eval=humaneval scores instruction-following code; use it with mode=instruct")
 
-    # 1. Data: problems with tests (instruct) or holes cut from source files (fim).
+    # 1. Data: tasks to train on, and the problems (with tests) pass@1 is measured on.
     step("Data")
-    if cfg.mode == "instruct":
-        splits = data.load_splits(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed)
-        problems = code.humaneval_examples(cfg.eval_limit) if cfg.eval == "humaneval" else (
-            splits.test[: cfg.eval_limit] if cfg.eval_limit else splits.test)
-        code.check_tasks(problems, cfg.eval_data or cfg.data)
-        say(f"{cfg.data}: {len(splits.train)} training tasks; pass@1 on {len(problems)} "
-            f"{'HumanEval' if cfg.eval == 'humaneval' else 'held-out'} problems")
-    else:
-        sources = code.read_sources(cfg.data, cfg.text_column)
-        n_test = max(1, round(len(sources) * cfg.eval_fraction)) if len(sources) > 1 else 0
-        if n_test == 0:
-            fail(f"{cfg.data}: FIM needs at least two source files (one is held out)")
-        train_cases = code.fim_examples(sources[n_test:], cfg.fim_per_file, cfg.seed)
-        test_cases = code.fim_examples(sources[:n_test], 2, cfg.seed + 1)[: cfg.eval_limit or None]
-        if not train_cases or not test_cases:
-            fail(f"{cfg.data}: files too short to cut fill-in-the-middle holes from")
-        say(f"{cfg.data}: {len(train_cases)} training holes from {len(sources) - n_test} files; "
-            f"{len(test_cases)} held-out holes from {n_test}")
+    splits = data.load_splits(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed)
+    problems = code.humaneval_examples(cfg.eval_limit) if cfg.eval == "humaneval" else (
+        splits.test[: cfg.eval_limit] if cfg.eval_limit else splits.test)
+    code.check_tasks(problems, cfg.eval_data or cfg.data)
+    say(f"{cfg.data}: {len(splits.train)} training tasks; pass@1 on {len(problems)} "
+        f"{'HumanEval' if cfg.eval == 'humaneval' else 'held-out'} problems")
 
     # Several GPUs (or nproc=N): one training process per GPU through torch's launcher; this
     # process waits for them and returns rank 0's metrics. In those ranks, rank 0 alone
@@ -96,68 +89,91 @@ def main(cfg: CodeConfig) -> dict:
     if (n := launch.processes(cfg, say)) > 1:
         return launch.run_ranks(cfg, __file__, n, say)
 
-    # 2. Model: 4-bit NF4 on a GPU, 16-bit on CPU; a run that cannot fit the card stops here,
-    #    before any weight loads.
+    # 2. Model. The memory plan first (4-bit NF4 on a GPU, 16-bit on CPU; the checkpointing
+    #    mode and micro-batch that fit): a run that cannot fit the card stops here, before any
+    #    weight loads. A model that cannot load is one line, not a traceback.
     step("Model")
-    prep = models.prepare(cfg, say)
-    tokenizer = prep.tokenizer
+    plan = models.plan_run(cfg, say)
+    with models.loading(plan.choice, cfg.trust_remote_code):
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=plan.choice.path,
+            max_seq_length=cfg.max_seq_length,
+            load_in_4bit=plan.settings.load_in_4bit,
+            dtype=None,  # bf16 where the card has it, else fp16
+            token=hub_token(),
+            trust_remote_code=cfg.trust_remote_code,
+            **plan.device_map,  # device_map="balanced" when the plan splits the layers over GPUs
+        )
+    models.set_pad_token(tokenizer)
 
-    # 3. Tokenize. Instruct: chat template, loss on the answer. FIM: the model's FIM tokens.
-    if cfg.mode == "instruct":
-        train_enc, notes = data.encode_all(tokenizer, splits.train, cfg.max_seq_length, "train")
-        test_enc, _ = data.encode_all(tokenizer, problems, cfg.max_seq_length, "evaluation")
-    else:
-        fim = code.fim_tokens(tokenizer)
-        say(f"fill-in-the-middle tokens ({fim[0]} style): {' '.join(fim[1:])}")
-        train_enc = [code.encode_fim(tokenizer, fim, p, m, s, cfg.max_seq_length) for p, m, s in train_cases]
-        test_enc = [code.encode_fim(tokenizer, fim, p, m, s, cfg.max_seq_length) for p, m, s in test_cases]
-        notes = [f"{sum(e.truncated for e in enc)} of {len(enc)} {what} holes had their prefix/suffix "
-                 f"cut to max_seq_length={cfg.max_seq_length} (sentinels and middle kept)"
-                 for enc, what in ((train_enc, "training"), (test_enc, "held-out"))
-                 if any(e.truncated for e in enc)]
-        train_enc = [e for e in train_enc if e.input_ids]
+    # 3. Tokenize through the chat template; loss on the answer.
+    train_enc, notes = data.encode_all(tokenizer, splits.train, cfg.max_seq_length, "train")
+    test_enc, _ = data.encode_all(tokenizer, problems, cfg.max_seq_length, "evaluation")
     for note in notes:
         warn(note)
 
-    # 4. Memory plan for the longest row (the fastest settings that fit), then LoRA adapters
-    #    on every linear projection.
-    models.attach_lora(prep, cfg, say, longest=data.longest(train_enc))
-    new_tokens = code.new_tokens(cfg.max_new_tokens, cfg.mode, cfg.eval)
+    # 4. LoRA. Adapters on every linear projection, with the checkpointing mode the memory
+    #    plan picks for the data's longest row.
+    plan = models.fit_rows(plan, cfg, data.longest(train_enc), say)
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=models.lora_targets(model, cfg.lora.target_modules),
+        bias="none",
+        use_gradient_checkpointing=plan.settings.gradient_checkpointing,
+        random_state=cfg.seed,
+    )
+    plan = models.with_adapters(plan, model, cfg, say)  # parameter counts, learning rate
+    new_tokens = code.new_tokens(cfg.max_new_tokens, "instruct", cfg.eval)
 
     def measure(when: str) -> dict:
         step(f"Evaluate {when}")
-        loss = evaluate.heldout_loss(prep.model, tokenizer, test_enc)
-        if cfg.mode == "instruct":
-            result, attempts = code.pass_at_1(prep.model, tokenizer, problems, new_tokens,
-                                              cfg.exec_timeout)
-            failed = [a for a in attempts if not a.outcome.passed]
-            shown = failed[:1] + [a for a in attempts if a.outcome.passed][:1]
-            for a in shown:  # one failure and one success, when there are
-                say(f"[dim]{escape(a.prompt[:90])}[/]\n{escape(a.code[:240])}\n→ {escape(a.outcome.reason)}")
-        else:
-            result = {"fim_exact": code.fim_exact(prep.model, tokenizer, fim, test_cases,
-                                                  cfg.max_seq_length, new_tokens)}
+        loss = evaluate.heldout_loss(model, tokenizer, test_enc)
+        result, attempts = code.pass_at_1(model, tokenizer, problems, new_tokens, cfg.exec_timeout)
+        failed = [a for a in attempts if not a.outcome.passed]
+        shown = failed[:1] + [a for a in attempts if a.outcome.passed][:1]
+        for a in shown:  # one failure and one success, when there are
+            say(f"[dim]{escape(a.prompt[:90])}[/]\n{escape(a.code[:240])}\n→ {escape(a.outcome.reason)}")
         result["loss"] = round(loss, 4)
         say(f"{when}: {result}")
         return result
 
-    # 5-7. Evaluate, train, evaluate again on the same problems.
+    # 5. Evaluate before training: pass@1 in the sandbox, and the held-out loss.
     before = launch.on_main(measure, "before training")
+
+    # 6. Train. TRL's SFTTrainer, as Unsloth patches it; the kit checks the disk, finds the
+    #    newest complete checkpoint (resume=auto), decides on packing and fills SFTConfig.
     step(f"Train {cfg.max_steps} steps")
-    result = train.run(prep, train_enc, cfg, say)
+    resume_from = train.resume_point(plan, cfg, say)
+    plan = train.packing_for(plan, cfg, model, train_enc, say)
+    trainer = SFTTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=train.to_dataset(train_enc),
+        data_collator=train.collator_for(tokenizer, plan.settings.packing),
+        args=train.sft_config(cfg, plan),
+        callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
+    )
+    train.quiet(trainer)
+    stats = trainer.train(resume_from_checkpoint=resume_from)
+    result = train.result_of(trainer, stats, resume_from, rows=len(train_enc))
+
+    # 7. Evaluate after training, on the same problems.
     after = launch.on_main(measure, "after training")
 
-    # 8. Export; reload each result in a fresh process and answer a held-out task.
+    # 8. Export. export.save_adapter calls model.save_pretrained (the LoRA weights) and
+    #    export.save_merged model.save_pretrained_merged(..., save_method="merged_16bit"), each
+    #    into a temporary folder renamed into place; export_and_verify then reloads each in a
+    #    fresh process and answers a held-out task.
     step("Export")
-    # The check asks what the recipe taught: a held-out task, or a held-out hole to fill.
-    probe = evaluate.prompt_of(problems[0]) if cfg.mode == "instruct" else \
-        code.fim_prompt(tokenizer, fim, test_cases[0], cfg.max_seq_length)
-    exports = launch.on_main(export.export_and_verify, prep.model, tokenizer, cfg.export,
-                             Path(cfg.output_dir), probe, progress=say,
+    exports = launch.on_main(export.export_and_verify, model, tokenizer, cfg.export,
+                             Path(cfg.output_dir), evaluate.prompt_of(problems[0]), progress=say,
                              max_new_tokens=max(160, new_tokens), gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = launch.on_main(finish, "code", cfg, prep, result, before, after, exports, started,
+    metrics = launch.on_main(finish, "code", cfg, plan, result, before, after, exports, started,
                              held_out=len(test_enc), extra={"sandbox": isolation} if isolation else None)
     export.require_ok(exports)  # an export that failed its fresh-process check fails the run
 

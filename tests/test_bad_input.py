@@ -38,8 +38,8 @@ RECIPE_CASES = {
                                        [], "only one class"),
     "code: problems without tests": ("code", [{"prompt": "p", "completion": "c"}] * 5, [],
                                      "no `tests` column"),
-    "code: FIM on a model without FIM tokens": ("code", None, ["mode=fim", "data={tmp}"],
-                                                "<fim_prefix> <fim_suffix> <fim_middle>"),
+    "fim: a model without FIM tokens": ("fim", None, ["data={tmp}"],
+                                        "<fim_prefix> <fim_suffix> <fim_middle>"),
 }
 ALL = {**{k: ("chat", *v) for k, v in CASES.items()}, **RECIPE_CASES}
 
@@ -49,7 +49,7 @@ SUBPROCESS = {"malformed JSONL line", "unknown config key", "model folder withou
 
 def prepare(case, tmp_path):
     recipe, rows, args, message = ALL[case]
-    if case.startswith("code: FIM"):
+    if case.startswith("fim: "):
         for i in range(3):
             (tmp_path / f"m{i}.py").write_text("a = 1\nb = 2\nc = 3\nd = 4\n")
     out = tmp_path / "out"

@@ -50,7 +50,7 @@ CASES = {
     "batch_size 0": ("chat", GOOD, ["batch_size=0"], "batch_size=0 is out of range"),
     "code: exec_timeout negative": ("code", None, ["exec_timeout=-1"], "exec_timeout=-1.0 is out of range"),
     "code: eval_limit negative": ("code", None, ["eval_limit=-5"], "eval_limit=-5 is out of range"),
-    "code: fim_per_file 0": ("code", None, ["fim_per_file=0"], "fim_per_file=0 is out of range"),
+    "fim: fim_per_file 0": ("fim", None, ["fim_per_file=0"], "fim_per_file=0 is out of range"),
     # Data.
     "invalid expect regex": ("chat", GOOD[:9] + [{**GOOD[9], "expect": "(unclosed"}], [],
                              "example 10: `expect` '(unclosed' is not a valid regular expression"),

@@ -72,17 +72,15 @@ def _main_lines(recipe: str) -> list[str]:
     while not lines[start].rstrip().endswith(":"):
         start += 1
     end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() and not lines[i][0].isspace())
-    body, out = lines[start + 1:end], []
-    for i, line in enumerate(body):
-        if line.strip().startswith("if (n := launch.processes("):
-            # One process per GPU is the script's (kit.launch); a notebook runs in its kernel.
-            while out and out[-1].strip().startswith("#"):
-                out.pop()
-            assert body[i + 1].strip().startswith("return launch.run_ranks("), body[i + 1]
-            body[i + 1] = ""
-            continue
-        out.append(line)
-    return out
+    body = lines[start + 1:end]
+    # The launch of several processes, and the comment above it, stay out of notebooks.
+    at = next((i for i, s in enumerate(body) if s.startswith("    if (n := launch.processes(")), None)
+    if at is not None:
+        top = at
+        while body[top - 1].startswith("    #"):
+            top -= 1
+        body[top:at + 2] = []
+    return body
 
 
 def _words(text: str) -> list[str]:
@@ -322,8 +320,9 @@ SMALL = {
 @pytest.mark.slow
 @pytest.mark.parametrize("platform", PLATFORMS)
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_notebook_runs_top_to_bottom(recipe, platform, tmp_path, kernel_name):
+def test_notebook_runs_top_to_bottom(recipe, platform, tmp_path, kernel_name, request):
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
 
     nb = notebook(platform, recipe)
     out = tmp_path / "out"
@@ -337,6 +336,13 @@ def test_notebook_runs_top_to_bottom(recipe, platform, tmp_path, kernel_name):
         few = [r for i, r in enumerate(rows) if [x["label"] for x in rows[:i]].count(r["label"]) < 2]
         settings["data"] = str(builtin / "tickets_train.jsonl")
         settings["eval_data"] = str(write_jsonl(tmp_path / "heldout.jsonl", few))
+    if recipe == "fim":  # a model with FIM tokens (tiny and random), and four source files
+        src = tmp_path / "src"
+        src.mkdir()
+        for i in range(4):
+            (src / f"m{i}.py").write_text(f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    return z\n")
+        settings.update(data=str(src), model=str(request.getfixturevalue("tiny_fim_model_dir")),
+                        eval_fraction=0.25)
     config_class = re.search(r"cfg = (\w+)\(", params.source)[1]
     params.source = f"cfg = {config_class}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
     # first, a cell that proves the kernel is this venv's interpreter
@@ -347,6 +353,11 @@ def test_notebook_runs_top_to_bottom(recipe, platform, tmp_path, kernel_name):
     try:
         NotebookClient(nb, kernel_name=kernel_name, timeout=900, startup_timeout=120,
                        resources={"metadata": {"path": str(tmp_path)}}).execute()
+    except CellExecutionError as exc:
+        # Two steps cannot teach the random FIM model to close a middle: its export check
+        # fails, in the metrics cell's require_ok, after metrics.json and the adapter are written.
+        if recipe != "fim" or "export check failed: adapter (" not in str(exc):
+            raise
     finally:  # with its outputs, to read when a cell failed
         nbformat.write(nb, tmp_path / f"{platform}-{recipe}.ipynb")
     print(f"{platform}/{recipe}.ipynb ran in {time.perf_counter() - started:.0f} s")
@@ -354,5 +365,5 @@ def test_notebook_runs_top_to_bottom(recipe, platform, tmp_path, kernel_name):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["before"] and metrics["before"].keys() == metrics["after"].keys()
     assert metrics["train"]["steps"] == 2
-    assert metrics["exports"]["adapter"]["ok"], metrics["exports"]
+    assert metrics["exports"]["adapter"]["ok"] is (recipe != "fim"), metrics["exports"]
     assert (out / "adapter").is_dir() and not (out / "merged").exists()

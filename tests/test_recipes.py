@@ -77,7 +77,7 @@ def test_code_recipe_fim_mode(tmp_path, tiny_fim_model_dir):
         (src / f"m{i}.py").write_text(
             f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    return z\n\n\nprint(f{i}(3))\n")
     out = tmp_path / "fim"
-    proc = run_recipe("code", "mode=fim", f"data={src}", f"model={tiny_fim_model_dir}",
+    proc = run_recipe("fim", f"data={src}", f"model={tiny_fim_model_dir}",
                       "max_steps=3", "eval_fraction=0.25", "max_new_tokens=8", "export=adapter",
                       f"output_dir={out}")
     # Three steps cannot teach a random model to close a middle: the export check asks the
