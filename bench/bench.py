@@ -143,10 +143,6 @@ def run_kit(a, data, clock: StepClock, result: dict):
     inner = train.collator_for(tok, packing)
 
     class Collator:  # the kit's collator, also feeding the step clock
-        @property
-        def tokens(self):
-            return inner.tokens
-
         def __call__(self, features):
             return clock.count(inner(features))
 
