@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import dataclass, field
 
@@ -194,13 +193,6 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
     result.losses = [float(h["loss"]) for h in logged]
     result.learning_rates = [float(h.get("learning_rate", 0.0)) for h in logged]
     return result
-
-
-def peak_memory_gib(gpu: bool) -> tuple[float, str]:
-    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
-    if gpu:
-        return torch.cuda.max_memory_allocated() / 2**30, "GPU"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "RAM"
 
 
 def choose_packing(cfg, model, encoded: list[Encoded], micro_batch: int) -> tuple[bool, str]:

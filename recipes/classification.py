@@ -3,8 +3,9 @@
     make recipe=classification ARGS="data=tickets.csv text_column=body label_column=queue"
     python recipes/classification.py max_steps=100 balance=oversample
     python recipes/classification.py --help
+    python -m kit classification balance=oversample     # wherever the kit is installed
 
-In a notebook cell:
+In a notebook cell (or this whole file pasted into one: it runs with its defaults):
     from kit.recipe import recipe
     r = recipe("classification")
     r.main(r.ClassificationConfig(balance="oversample"))
@@ -17,15 +18,14 @@ Afterwards: kit.classify.predict("outputs/classification/adapter", ["My card was
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from kit import classify, data, export, hub, models, preflight, train
-from kit.config import RecipeConfig, parse_cli
-from kit.errors import run_cli
+from kit.cli import parse_cli, run_script
+from kit.config import RecipeConfig
 from kit.report import console, escape, finish, say, step, warn
 
 
@@ -132,5 +132,5 @@ def cli(argv: list[str]) -> None:
         main(cfg)
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(cli))
+if __name__ == "__main__":  # a shell, or this file pasted whole into a notebook cell
+    run_script(cli)

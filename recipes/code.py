@@ -4,8 +4,9 @@
     make recipe=code ARGS="eval=humaneval eval_limit=40"
     make recipe=code ARGS="mode=fim data=path/to/src model=unsloth/Qwen2.5-Coder-1.5B-bnb-4bit"
     python recipes/code.py --help
+    python -m kit code eval=humaneval                   # wherever the kit is installed
 
-In a notebook cell:
+In a notebook cell (or this whole file pasted into one: it runs with its defaults):
     from kit.recipe import recipe
     r = recipe("code")
     r.main(r.CodeConfig(eval="humaneval", eval_limit=40))
@@ -16,15 +17,15 @@ file limits, no network and a temporary folder. A crash or hang counts as a fail
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from kit import code, data, evaluate, export, hub, models, preflight, sandbox, train
-from kit.config import RecipeConfig, parse_cli
-from kit.errors import fail, run_cli
+from kit.cli import parse_cli, run_script
+from kit.config import RecipeConfig
+from kit.errors import fail
 from kit.report import escape, finish, say, step, warn
 
 
@@ -168,5 +169,5 @@ def cli(argv: list[str]) -> None:
         main(cfg)
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(cli))
+if __name__ == "__main__":  # a shell, or this file pasted whole into a notebook cell
+    run_script(cli)

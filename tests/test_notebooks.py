@@ -17,7 +17,7 @@ import nbformat
 import pytest
 from conftest import ROOT, write_jsonl
 
-RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
+RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py") if not p.stem.startswith("_"))
 PLATFORMS = ("colab", "kaggle")
 REGENERATE = "run `python scripts/make_notebooks.py` and commit notebooks/"
 
@@ -211,7 +211,8 @@ def test_generator_is_structural(tmp_path, monkeypatch):
 import sys
 from dataclasses import dataclass
 
-from kit.config import RecipeConfig, parse_cli
+from kit.cli import parse_cli
+from kit.config import RecipeConfig
 
 LIMIT = 3
 
