@@ -143,3 +143,24 @@ def test_main_shows_a_plan(tmp_path, capsys):
     assert cli.main(["chat", "--plan", f"model={folder}", "gpu_memory_gib=14.6", "max_seq_length=2048"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "7.38B parameters" in out and "offloaded checkpointing, micro-batch 4 × 1 accumulation" in out
+
+
+@pytest.mark.slow
+def test_recipe_pasted_into_a_real_kernel_cell(tmp_path, kernel_name):
+    """The same in a real Jupyter kernel (its own `-f connection.json` argv): the recipe's text
+    as one cell, with parse_cli recording its words and starting no run."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    spy = ("import sys, kit.cli\n"
+           f"assert sys.prefix == {sys.prefix!r}, sys.prefix\n"
+           "calls, real = [], kit.cli.parse_cli\n"
+           "def record(default, argv):\n"
+           "    calls.append((list(argv), real(default, argv)))\n"
+           "kit.cli.parse_cli = record\n")
+    check = ("assert '-f' in sys.argv and calls and calls[0][0] == [], (sys.argv, calls)\n"
+             "assert calls[0][1] == ChatConfig(), calls\n")
+    recipe = (ROOT / "recipes" / "chat.py").read_text()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(src) for src in (spy, recipe, check)])
+    NotebookClient(nb, kernel_name=kernel_name, timeout=300, startup_timeout=120,
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
