@@ -26,7 +26,7 @@ $(LLAMA_STAMP): $(STAMP) scripts/setup_llama.sh
 gguf-tools: $(LLAMA_STAMP)
 
 check-recipe:
-	@test -f recipes/$(recipe).py || { echo "error: no recipe '$(recipe)'; have: $$(ls recipes | sed -n 's/\.py$$//p' | tr '\n' ' ')" >&2; exit 2; }
+	@test -f recipes/$(recipe).py || { echo "error: no recipe '$(recipe)'; have: $$(ls recipes | sed -n '/^_/!s/\.py$$//p' | tr '\n' ' ')" >&2; exit 2; }
 
 run: $(STAMP) $(NEEDS_LLAMA) check-recipe
 	$(PY) recipes/$(recipe).py $(ARGS)

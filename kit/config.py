@@ -24,6 +24,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kit.checks import QUANTS, check_repo
 from kit.errors import fail
 
 Export = Literal["adapter", "merged", "both", "gguf", "all"]
@@ -315,13 +316,9 @@ def validate(cfg: Any) -> None:
     if getattr(cfg, "micro_batch_size", 0) and cfg.batch_size % cfg.micro_batch_size:
         fail(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={cfg.micro_batch_size}")
     if "gguf" in EXPORT_KINDS.get(getattr(cfg, "export", ""), ()):
-        from kit.gguf import QUANTS
-
         if cfg.gguf_quant not in QUANTS:
             fail(f"gguf_quant={cfg.gguf_quant!r}: expected one of {', '.join(QUANTS)}")
     if getattr(cfg, "push", ""):
-        from kit.hub import check_repo
-
         check_repo(cfg.push)
     if hasattr(cfg, "report_to"):
         named = [x.strip() for x in cfg.report_to.split(",") if x.strip()]
@@ -345,24 +342,3 @@ def _deepcopy(cfg: Any) -> Any:
     }
     return dataclasses.replace(cfg, **changes)
 
-
-def parse_cli(default: Any, argv: list[str]) -> Any | None:
-    """Config from command-line `key=value` words; None after printing help for -h/--help,
-    or the memory plan for --plan (nothing is trained)."""
-    if "--plan" in argv:
-        from kit.models import show_plan
-
-        show_plan(apply_overrides(default, [a for a in argv if a != "--plan"]))
-        return None
-    if any(a in ("-h", "--help", "help") for a in argv):
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=f"{type(default).__name__}: key=value overrides")
-        for col in ("key", "default", "meaning"):
-            table.add_column(col)
-        for key, value, doc in describe(default):
-            table.add_row(key, repr(value), doc)
-        Console().print(table)
-        return None
-    return apply_overrides(default, argv)

@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit import checks
 from kit.errors import KitError, fail
 
 FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
@@ -169,9 +170,7 @@ def _in_cache(name: str) -> bool:
 
 def _read_hub(name: str, split: str) -> list[dict]:
     if not _in_cache(name):
-        from kit.models import _hub_reachable
-
-        if _offline() or not _hub_reachable():  # fail in seconds, not after a minute of retries
+        if _offline() or not checks.hub_reachable():  # fail in seconds, not after a minute of retries
             fail(f"could not load data {name!r}: not a local file, not in the local Hugging Face "
                  "cache, and the Hub cannot be reached (offline?)")
     try:

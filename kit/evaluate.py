@@ -132,17 +132,3 @@ def evaluate(model, tokenizer, examples: list[Example], encoded: list[Encoded],
     metrics["stopped_at_eos"] = round(sum(g.stopped for g in gens) / max(len(gens), 1), 4)
     return metrics, gens
 
-
-# Which way is better for each metric.
-HIGHER_IS_BETTER = {"check_rate": True, "reply_f1": True, "stopped_at_eos": True,
-                    "accuracy": True, "macro_f1": True, "pass_at_1": True,
-                    "loss": False, "perplexity": False}
-
-
-def improved(before: dict, after: dict) -> dict[str, bool]:
-    """Per metric: did it strictly improve? (equal counts as not better)."""
-    out = {}
-    for name, b in before.items():
-        if name in after and name in HIGHER_IS_BETTER:
-            out[name] = after[name] > b if HIGHER_IS_BETTER[name] else after[name] < b
-    return out

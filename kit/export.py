@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from rich.markup import escape
+
+from kit.proc import check_in_fresh_process
 
 
 @contextlib.contextmanager
@@ -101,30 +100,6 @@ def _copy_sentencepiece_model(model, folder: Path) -> None:
     src = base / "tokenizer.model"
     if base.is_dir() and src.is_file() and not (folder / "tokenizer.model").exists():
         shutil.copyfile(src, folder / "tokenizer.model")
-
-
-def last_error_line(text: str, limit: int = 300) -> str:
-    """The informative line of a tool's output: its error, not its progress bars."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if re.match(r"^(\w+(Error|Exception)\b|error:|ERROR:)", ln)]
-    line = (errors or lines or ["no output"])[-1]
-    return re.sub(r"^(ERROR|CRITICAL):[\w.-]+:", "", line)[:limit]  # drop a logger's prefix
-
-
-def check_in_fresh_process(kind: str, module_args: list[str], timeout: float) -> dict:
-    """Run `python -m MODULE ARGS` (a loader that prints one JSON result line) in a fresh process,
-    so nothing this process patched or cached can make a broken export look fine."""
-    failed = {"kind": kind, "ok": False, "stopped": False, "reply": ""}
-    try:
-        proc = subprocess.run([sys.executable, "-m", *module_args], capture_output=True, text=True,
-                              timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**failed, "error": f"timed out after {timeout:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        crashed = f"killed by signal {-proc.returncode}: " if proc.returncode < 0 else ""
-        return {**failed, "error": crashed + last_error_line(proc.stderr)}
-    return json.loads(lines[-1])
 
 
 def verify(kind: str, path: Path, prompt: list[dict], max_new_tokens: int = 64,

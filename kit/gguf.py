@@ -27,19 +27,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from kit.checks import BINDING_QUANTS, CONVERT_QUANTS, QUANTS
 from kit.errors import fail
-from kit.export import last_error_line
+from kit.proc import check_in_fresh_process, last_error_line
 
-# Written by llama.cpp's converter directly.
-CONVERT_QUANTS = ("f16", "bf16", "q8_0")
-# Made from a lossless 16-bit GGUF by llama_cpp.llama_model_quantize: quant → llama_ftype name.
-BINDING_QUANTS = {
-    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
-    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
-}
-QUANTS = (*CONVERT_QUANTS, *BINDING_QUANTS)
 SETUP_HINT = "run `make gguf-tools` (or `bash scripts/setup_llama.sh`)"
 CONVERTER = "convert_hf_to_gguf.py"
 
@@ -269,8 +260,6 @@ def modelfile_text(file_name: str, template: str | None, bos: str | None, eos: s
 def verify_gguf(path: Path, prompt: list[dict], max_new_tokens: int = 64, timeout: float = 300) -> dict:
     """Load a GGUF with llama-cpp-python in a fresh process, answer `prompt` greedily through
     the GGUF's own chat template, and report whether it stopped at end-of-turn."""
-    from kit.export import check_in_fresh_process
-
     if not _has_binding():
         return {"kind": "gguf", "ok": False, "stopped": False, "reply": "",
                 "error": f"the llama-cpp-python binding (llama_cpp) is not installed; {SETUP_HINT}"}

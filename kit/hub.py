@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kit.checks import REPO, SUFFIX, check_repo
 from kit.errors import KitError, fail
 from kit.secrets import hub_token, redact
 
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd, EvalResult, HfApi
 
 KINDS = ("adapter", "merged", "gguf")
-SUFFIX = {"adapter": "", "merged": "-merged", "gguf": "-GGUF"}
 LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
 WHAT = {"adapter": "LoRA adapter (PEFT)", "merged": "merged 16-bit model",
         "gguf": "GGUF model for llama.cpp and Ollama"}
@@ -33,10 +33,6 @@ PROJECT = "unsloth-recipe-kit"
 # The task a recipe's held-out metrics measure, for the model-index metadata.
 TASK = {"classification": ("text-classification", "Text Classification")}
 
-# The Hub's rule for owner and name: letters, digits, '-', '_', '.', starting and ending with a
-# letter or digit, no '--' or '..', at most 96 characters each.
-_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_REPO = re.compile(rf"^{_PART}/{_PART}$")
 # Key names that hold credentials. `token` as a word only, so `max_new_tokens` or `tokens` stay.
 _SECRET_KEY = re.compile(r"(^|[_.-])token($|[_.-])|secret|passw|api_?key|credential", re.IGNORECASE)
 
@@ -46,18 +42,9 @@ _SECRET_KEY = re.compile(r"(^|[_.-])token($|[_.-])|secret|passw|api_?key|credent
 
 def is_hub_id(name: str | None) -> bool:
     """`owner/name` that is not a local folder: something the Hub (and `base_model`) can resolve."""
-    if not name or name.startswith(("/", ".", "~")) or not _REPO.match(name) or "--" in name:
+    if not name or name.startswith(("/", ".", "~")) or not REPO.match(name) or "--" in name:
         return False
     return not Path(name).expanduser().exists()
-
-
-def check_repo(repo: str) -> None:
-    if not _REPO.match(repo) or "--" in repo or ".." in repo or repo.endswith(".git"):
-        fail(f"push={repo!r}: expected a Hub repository as owner/name (letters, digits, '-', '_', '.'), "
-             "e.g. push=your-name/smollm2-chat")
-    if len(repo.split("/")[1]) + len(SUFFIX["merged"]) > 96:
-        fail(f"push={repo!r}: the name is too long (at most {96 - len(SUFFIX['merged'])} characters, "
-             "leaving room for the -merged suffix)")
 
 
 def scrub(value: Any, token: str | None) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import resource
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 import unsloth  # noqa: F401  (patches transformers/peft/trl; must come before them)
 from unsloth import FastLanguageModel
 
-from kit import embedded, launch
+from kit import checks, embedded, launch
 from kit import plan as plan_mod
 from kit.errors import fail
 
@@ -32,6 +33,12 @@ class Device:
     @property
     def gpu(self) -> bool:
         return self.kind == "cuda"
+
+    def peak_memory_gib(self) -> tuple[float, str]:
+        """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
+        if self.gpu:
+            return torch.cuda.max_memory_allocated() / 2**30, "GPU"
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "RAM"
 
 
 def detect_device() -> Device:
@@ -81,23 +88,13 @@ def resolve_model(name: str, device: Device, progress=print) -> ModelChoice:
     return ModelChoice(name, name, why)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _check_hub_model(name: str) -> None:
     """Fail in seconds, not after minutes of retries, when a Hub model cannot be had."""
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(name, "config.json"), str):
         return  # in the local cache: loads offline
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not checks.hub_reachable():
         fail(f"unknown model {name!r}: not in the local Hugging Face cache, and the Hub cannot "
              f"be reached (offline?); use model={embedded.ALIAS} or a local folder")
     from huggingface_hub import model_info

@@ -15,8 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-# Mirrors the `False` entries of kit.evaluate.HIGHER_IS_BETTER (not imported: that pulls in torch).
-LOWER_IS_BETTER = ("loss", "perplexity")
+from kit.metrics import LOWER_IS_BETTER
+
 BEFORE, AFTER = "#b8b8b8", "#1f77b4"
 BOTH_CONFUSIONS_UP_TO = 15  # labels; beyond, only the after-training matrix gets the room
 COUNTS_UP_TO = 25  # labels; beyond, per-cell counts would overlap

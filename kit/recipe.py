@@ -1,27 +1,9 @@
-"""Load a recipe script as a module, for notebooks: `recipe("code").main(...)`.
+"""Load a recipe as a module, for notebooks: `recipe("code").main(...)`.
 
-Recipes are scripts in `recipes/`, not a package, and `recipes/code.py` would clash with the
-standard library's `code` module on a plain import; this loads them by path instead.
+The recipes are the package kit.recipes (the top-level recipes/ folder in a checkout, installed
+inside kit/ by a wheel), so `recipes/code.py` never meets the standard library's `code` module.
 """
 
-from __future__ import annotations
+from kit.cli import recipe
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
-def recipe(name: str) -> ModuleType:
-    path = RECIPES / f"{name}.py"
-    if not path.is_file():
-        have = ", ".join(sorted(p.stem for p in RECIPES.glob("*.py")))
-        raise FileNotFoundError(f"no recipe {name!r} in {RECIPES}; have: {have}")
-    module_name = f"kit_recipe_{name}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while defining
-    spec.loader.exec_module(module)
-    return module
+__all__ = ["recipe"]

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kit.metrics import improved
+
 # Among several training processes only rank 0 talks (errors still reach stderr from any).
 console = Console(highlight=False, quiet=os.environ.get("RANK", "0") != "0")
 
@@ -78,12 +80,10 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
     import dataclasses
     import time
 
-    from kit.evaluate import improved
     from kit.launch import world_size
-    from kit.train import peak_memory_gib
 
     out = Path(cfg.output_dir)
-    peak, peak_kind = peak_memory_gib(prep.device.gpu)
+    peak, peak_kind = prep.device.peak_memory_gib()
     better = improved(before, after)
     wall = time.perf_counter() - started
     metrics = {

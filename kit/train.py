@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 from dataclasses import dataclass, field
 
 import torch
@@ -251,13 +250,6 @@ def _tokens_before(checkpoint: str | None) -> int:
     except (OSError, ValueError):
         return 0
     return int(state.get("num_input_tokens_seen", 0))
-
-
-def peak_memory_gib(gpu: bool) -> tuple[float, str]:
-    """Peak GPU memory allocated, or the process's peak resident memory on CPU."""
-    if gpu:
-        return torch.cuda.max_memory_allocated() / 2**30, "GPU"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "RAM"
 
 
 def choose_packing(cfg, model, encoded: list[Encoded], micro_batch: int) -> tuple[bool, str]:

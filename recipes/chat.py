@@ -3,8 +3,9 @@
     make recipe=chat ARGS="max_steps=100 lora.r=32 data=my.jsonl"
     python recipes/chat.py max_steps=100 lora.r=32 data=my.jsonl
     python recipes/chat.py --help                       # every key, its default and meaning
+    python -m kit chat max_steps=100                    # the same wherever the kit is installed
 
-In a notebook cell:
+In a notebook cell (or this whole file pasted into one: it runs with its defaults):
     from kit.recipe import recipe
     chat = recipe("chat")
     chat.main(chat.ChatConfig(max_steps=100))
@@ -22,7 +23,6 @@ phrasings it never saw check whether it learned (`check_rate`).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +30,8 @@ from pathlib import Path
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
 from kit import data, evaluate, export, hub, launch, models, preflight, train
-from kit.config import RecipeConfig, parse_cli
-from kit.errors import run_cli
+from kit.cli import parse_cli, run_script
+from kit.config import RecipeConfig
 from kit.report import escape, finish, say, step, warn
 from kit.secrets import hub_token
 
@@ -175,5 +175,5 @@ def cli(argv: list[str]) -> None:
         main(cfg)
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(cli))
+if __name__ == "__main__":  # a shell, or this file pasted whole into a notebook cell
+    run_script(cli)

@@ -3,8 +3,9 @@
     make recipe=classification ARGS="data=tickets.csv text_column=body label_column=queue"
     python recipes/classification.py max_steps=100 balance=oversample
     python recipes/classification.py --help
+    python -m kit classification balance=oversample     # wherever the kit is installed
 
-In a notebook cell:
+In a notebook cell (or this whole file pasted into one: it runs with its defaults):
     from kit.recipe import recipe
     r = recipe("classification")
     r.main(r.ClassificationConfig(balance="oversample"))
@@ -23,7 +24,6 @@ save_pretrained_merged, each checked in a fresh process) → metrics.json → pu
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +32,8 @@ from typing import Literal
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
 from kit import classify, data, export, hub, launch, models, preflight, train
-from kit.config import RecipeConfig, parse_cli
-from kit.errors import run_cli
+from kit.cli import parse_cli, run_script
+from kit.config import RecipeConfig
 from kit.report import console, escape, finish, say, step, warn
 from kit.secrets import hub_token
 
@@ -191,5 +191,5 @@ def cli(argv: list[str]) -> None:
         main(cfg)
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(cli))
+if __name__ == "__main__":  # a shell, or this file pasted whole into a notebook cell
+    run_script(cli)

@@ -3,8 +3,9 @@
     make recipe=code                                    # built-in Python tasks, pass@1 before/after
     make recipe=code ARGS="eval=humaneval eval_limit=40"
     python recipes/code.py --help
+    python -m kit code eval=humaneval                   # wherever the kit is installed
 
-In a notebook cell:
+In a notebook cell (or this whole file pasted into one: it runs with its defaults):
     from kit.recipe import recipe
     r = recipe("code")
     r.main(r.CodeConfig(eval="humaneval", eval_limit=40))
@@ -23,7 +24,6 @@ push to the Hub.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +32,8 @@ from typing import Literal
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
 from kit import code, data, evaluate, export, hub, launch, models, preflight, sandbox, train
-from kit.config import RecipeConfig, parse_cli
-from kit.errors import run_cli
+from kit.cli import parse_cli, run_script
+from kit.config import RecipeConfig
 from kit.report import escape, finish, say, step, warn
 from kit.secrets import hub_token
 
@@ -192,5 +192,5 @@ def cli(argv: list[str]) -> None:
         main(cfg)
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(cli))
+if __name__ == "__main__":  # a shell, or this file pasted whole into a notebook cell
+    run_script(cli)

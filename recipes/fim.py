@@ -24,7 +24,6 @@ training → SFTTrainer(args=SFTConfig).train() → exact fills and loss again �
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +31,9 @@ from pathlib import Path
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
 from kit import code, data, evaluate, export, hub, launch, models, preflight, train
-from kit.config import RecipeConfig, parse_cli
-from kit.errors import fail, run_cli
+from kit.cli import parse_cli, run_script
+from kit.config import RecipeConfig
+from kit.errors import fail
 from kit.report import finish, say, step, warn
 from kit.secrets import hub_token
 
@@ -191,5 +191,5 @@ def cli(argv: list[str]) -> None:
         main(cfg)
 
 
-if __name__ == "__main__":
-    sys.exit(run_cli(cli))
+if __name__ == "__main__":  # a shell, or this file pasted whole into a notebook cell
+    run_script(cli)

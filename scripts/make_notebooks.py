@@ -612,7 +612,7 @@ def render(nb: nbformat.NotebookNode) -> str:
 
 
 def recipes() -> list[Path]:
-    return sorted(RECIPES.glob("*.py"))
+    return sorted(p for p in RECIPES.glob("*.py") if not p.name.startswith("_"))  # not __init__.py
 
 
 def expected() -> dict[Path, str]:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,72 @@ def run_recipe(name: str, *args: str, timeout: float = 900, cwd: Path = ROOT) ->
         [sys.executable, str(ROOT / "recipes" / f"{name}.py"), *args],
         capture_output=True, text=True, timeout=timeout, cwd=cwd,
     )
+
+
+@pytest.fixture(scope="session")
+def kernel_name(tmp_path_factory):
+    """A `python3` kernelspec that runs this interpreter (the venv's), put first on JUPYTER_PATH,
+    so the notebooks run against the checkout's stack whatever other kernels are installed."""
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    argv = [sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(json.dumps(
+        {"argv": argv, "display_name": "Python 3 (unsloth-recipe-kit venv)", "language": "python"}))
+    names = ("JUPYTER_PATH", "JUPYTER_RUNTIME_DIR", "PYDEVD_DISABLE_FILE_VALIDATION")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(root), saved["JUPYTER_PATH"]) if p)
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(root / "runtime")
+    os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
+    yield "python3"
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+# ---------------------------------------------------------------- the kit installed from its wheel
+
+
+@dataclass
+class Installed:
+    """The kit built as a wheel and installed (without its dependencies, which the venv has)
+    into a folder of its own, away from the checkout."""
+
+    wheel: Path
+    site: Path  # `pip install --target`: kit/ and kit/recipes/ as a user's site-packages has them
+
+    def env(self) -> dict[str, str]:
+        # Only the installed copy on the path: not the checkout (PYTHONPATH or the current folder).
+        return {**os.environ, "PYTHONPATH": str(self.site)}
+
+    def kit(self, *args: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+        """`python -m kit ARGS` as a user of the installed package runs it, from `cwd` (outside
+        the checkout)."""
+        return subprocess.run([sys.executable, "-m", "kit", *args], capture_output=True, text=True,
+                              timeout=timeout, cwd=cwd, env=self.env())
+
+
+@pytest.fixture(scope="session")
+def installed_kit(tmp_path_factory) -> Installed:
+    """Build the wheel from a copy of the checkout's packaged files (so no build/ or egg-info is
+    left in the checkout) with the venv's setuptools, and install it into a fresh folder."""
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("kit", "recipes"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+    def pip(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input",
+                               *args], capture_output=True, text=True, cwd=root)
+        assert proc.returncode == 0, f"pip {args[0]} failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+
+    pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(root / "dist"), str(src))
+    [wheel] = (root / "dist").glob("*.whl")
+    site = root / "site"
+    pip("install", "--no-deps", "-q", "--target", str(site), str(wheel))
+    return Installed(wheel, site)

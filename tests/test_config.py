@@ -1,12 +1,10 @@
 import dataclasses
-import sys
 
 import pytest
 
-from kit.config import LoraConfig, RecipeConfig, apply_overrides, field_docs, parse_cli, valid_keys
+from kit.cli import names, parse_cli, recipe
+from kit.config import LoraConfig, RecipeConfig, apply_overrides, field_docs, valid_keys
 from kit.errors import KitError
-
-sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent.parent / "recipes"))
 
 
 def test_overrides_are_typed_and_nested():
@@ -48,9 +46,10 @@ def test_unknown_key_lists_the_valid_keys():
 
 
 def test_every_field_of_every_recipe_config_has_a_docstring():
-    from chat import ChatConfig
-
-    for cls in (RecipeConfig, LoraConfig, ChatConfig):
+    configs = [v for name in names() for v in vars(recipe(name)).values()
+               if isinstance(v, type) and issubclass(v, RecipeConfig) and v is not RecipeConfig]
+    assert len(configs) == len(names()) == 3
+    for cls in (RecipeConfig, LoraConfig, *configs):
         docs = field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
         assert not missing, f"{cls.__name__} fields without a docstring: {missing}"

@@ -164,11 +164,11 @@ def test_all_linear_is_a_valid_target():
 
 def test_hub_dataset_without_network_fails_fast_and_quietly(monkeypatch, capsys):
     """No HF_HUB_OFFLINE, no network: one line in seconds, not 22 warnings after half a minute."""
-    import kit.models
+    import kit.checks
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(kit.models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(kit.checks, "hub_reachable", lambda timeout=3.0: False)
     started = time.perf_counter()
     with pytest.raises(KitError, match="not in the local Hugging Face cache, and the Hub cannot be reached"):
         data.load_splits("nobody/no-such-dataset-xyz")

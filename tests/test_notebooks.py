@@ -17,7 +17,7 @@ import nbformat
 import pytest
 from conftest import ROOT, write_jsonl
 
-RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py"))
+RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py") if not p.stem.startswith("_"))
 PLATFORMS = ("colab", "kaggle")
 REGENERATE = "run `python scripts/make_notebooks.py` and commit notebooks/"
 
@@ -219,7 +219,8 @@ def test_generator_is_structural(tmp_path, monkeypatch):
 import sys
 from dataclasses import dataclass
 
-from kit.config import RecipeConfig, parse_cli
+from kit.cli import parse_cli
+from kit.config import RecipeConfig
 
 LIMIT = 3
 
@@ -284,29 +285,6 @@ if __name__ == "__main__":
 
 
 # ---------------------------------------------------------------- slow: run each notebook
-
-
-@pytest.fixture(scope="session")
-def kernel_name(tmp_path_factory):
-    """A `python3` kernelspec that runs this interpreter (the venv's), put first on JUPYTER_PATH,
-    so the notebooks run against the checkout's stack whatever other kernels are installed."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    argv = [sys.executable, "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec / "kernel.json").write_text(json.dumps(
-        {"argv": argv, "display_name": "Python 3 (unsloth-recipe-kit venv)", "language": "python"}))
-    names = ("JUPYTER_PATH", "JUPYTER_RUNTIME_DIR", "PYDEVD_DISABLE_FILE_VALIDATION")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (str(root), saved["JUPYTER_PATH"]) if p)
-    os.environ["JUPYTER_RUNTIME_DIR"] = str(root / "runtime")
-    os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"
-    yield "python3"
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 # Small runs: the same cells, fewer steps and evaluation samples; only the adapter is exported.

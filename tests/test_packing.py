@@ -154,7 +154,7 @@ def test_chat_recipe_same_heldout_metrics_packed_and_padded(tmp_path, tiny_model
     """The chat recipe's own main() on the built-in data, twice in this process (the exports'
     fresh-process checks are skipped: other tests cover them)."""
     from kit import export
-    from kit.config import parse_cli
+    from kit.cli import parse_cli
     from kit.recipe import recipe
 
     chat = recipe("chat")

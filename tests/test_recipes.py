@@ -1,10 +1,11 @@
-"""End to end: each recipe on the embedded SmolLM2-135M (few steps), as `make recipe=...` runs
-it, plus the code recipe's fill-in-the-middle mode on a tiny model with FIM tokens."""
+"""End to end: each recipe on the embedded SmolLM2-135M (few steps), plus the code recipe's
+fill-in-the-middle mode on a tiny model with FIM tokens. Each runs as a user of the installed
+package runs it: `python -m kit RECIPE key=value ...` from the wheel (tests/conftest.py's
+`installed_kit`), in a folder outside the checkout."""
 
 import json
 
 import pytest
-from conftest import run_recipe
 
 
 def finished(proc, out):
@@ -23,10 +24,10 @@ def exports_ok(metrics, out):
 
 
 @pytest.mark.slow
-def test_chat_recipe(tmp_path):
+def test_chat_recipe(tmp_path, installed_kit):
     out = tmp_path / "chat"
-    m = finished(run_recipe("chat", "max_steps=20", "eval_samples=12", "max_new_tokens=32",
-                            "export=all", f"output_dir={out}"), out)
+    m = finished(installed_kit.kit("chat", "max_steps=20", "eval_samples=12", "max_new_tokens=32",
+                                   "export=all", f"output_dir={out}", cwd=tmp_path), out)
     before, after = m["before"], m["after"]
     assert before.keys() >= {"loss", "check_rate", "reply_f1", "stopped_at_eos"}
     assert after["loss"] < before["loss"] and m["improved"]["loss"] is True
@@ -45,10 +46,10 @@ def test_chat_recipe(tmp_path):
 
 
 @pytest.mark.slow
-def test_classification_recipe(tmp_path):
+def test_classification_recipe(tmp_path, installed_kit):
     out = tmp_path / "cls"
-    m = finished(run_recipe("classification", "max_steps=20", "balance=oversample",
-                            f"output_dir={out}"), out)
+    m = finished(installed_kit.kit("classification", "max_steps=20", "balance=oversample",
+                                   f"output_dir={out}", cwd=tmp_path), out)
     before, after = m["before"], m["after"]
     assert after["accuracy"] > before["accuracy"] and after["macro_f1"] > before["macro_f1"]
     n = len(after["labels"])
@@ -59,27 +60,31 @@ def test_classification_recipe(tmp_path):
 
 
 @pytest.mark.slow
-def test_code_recipe(tmp_path):
+def test_code_recipe(tmp_path, installed_kit):
     out = tmp_path / "code"
-    m = finished(run_recipe("code", "max_steps=20", "eval_limit=16", "export=adapter",
-                            f"output_dir={out}"), out)
+    m = finished(installed_kit.kit("code", "max_steps=20", "eval_limit=16", "export=adapter",
+                                   f"output_dir={out}", cwd=tmp_path), out)
     before, after = m["before"], m["after"]
     assert before["problems"] == after["problems"] == 16
-    assert after["pass_at_1"] >= before["pass_at_1"] and after["loss"] < before["loss"]
+    # The run must have learned: more held-out problems pass after training than before (the
+    # base passes 6 of 16, 20 steps make it 13 on CPU; 3 more is the floor, not a coin flip).
+    assert after["passed"] >= before["passed"] + 3, (before, after)
+    assert after["pass_at_1"] > before["pass_at_1"] and m["improved"]["pass_at_1"] is True
+    assert after["loss"] < before["loss"]
     assert m["exports"]["adapter"]["ok"], m["exports"]
     assert not (out / "merged").exists()
 
 
-def test_code_recipe_fim_mode(tmp_path, tiny_fim_model_dir):
+def test_fim_recipe(tmp_path, tiny_fim_model_dir, installed_kit):
     src = tmp_path / "src"
     src.mkdir()
     for i in range(4):
         (src / f"m{i}.py").write_text(
             f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    return z\n\n\nprint(f{i}(3))\n")
     out = tmp_path / "fim"
-    proc = run_recipe("fim", f"data={src}", f"model={tiny_fim_model_dir}",
-                      "max_steps=3", "eval_fraction=0.25", "max_new_tokens=8", "export=adapter",
-                      f"output_dir={out}")
+    proc = installed_kit.kit("fim", f"data={src}", f"model={tiny_fim_model_dir}",
+                             "max_steps=3", "eval_fraction=0.25", "max_new_tokens=8", "export=adapter",
+                             f"output_dir={out}", cwd=tmp_path)
     # Three steps cannot teach a random model to close a middle: the export check asks the
     # adapter to fill a held-out hole, sees it run on, and fails the run (exit 1, one line),
     # after the metrics and the export are written.

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kit import data, evaluate, models, train
+from kit import data, evaluate, metrics, models, train
 from kit.config import RecipeConfig, apply_overrides
 
 ROWS = [data.Example([{"role": "user", "content": f"Say {w}."},
@@ -87,6 +87,6 @@ def test_settings_on_cpu():
 
 
 def test_improved_metric_directions():
-    better = evaluate.improved({"loss": 2.0, "check_rate": 0.4, "reply_f1": 0.3},
-                               {"loss": 1.0, "check_rate": 0.4, "reply_f1": 0.5})
+    better = metrics.improved({"loss": 2.0, "check_rate": 0.4, "reply_f1": 0.3},
+                              {"loss": 1.0, "check_rate": 0.4, "reply_f1": 0.5})
     assert better == {"loss": True, "check_rate": False, "reply_f1": True}

@@ -1,0 +1,53 @@
+"""Small constants and checks that kit.config (a leaf: it imports no pipeline stage) shares with
+the stages that own them: the GGUF types (kit.gguf), the Hub's repository names (kit.hub), and
+whether the Hub can be reached at all (kit.models, kit.data). Nothing here imports more than the
+standard library."""
+
+from __future__ import annotations
+
+import re
+
+from kit.errors import fail
+
+# ---------------------------------------------------------------- GGUF types (kit.gguf)
+
+# Written by llama.cpp's converter directly.
+CONVERT_QUANTS = ("f16", "bf16", "q8_0")
+# Made from a lossless 16-bit GGUF by llama_cpp.llama_model_quantize: quant → llama_ftype name.
+BINDING_QUANTS = {
+    "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+    "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
+    "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
+}
+QUANTS = (*CONVERT_QUANTS, *BINDING_QUANTS)
+
+# ---------------------------------------------------------------- the Hub (kit.hub)
+
+# Each export kind's repository: `push=user/repo` puts the merged model in `user/repo-merged`.
+SUFFIX = {"adapter": "", "merged": "-merged", "gguf": "-GGUF"}
+# The Hub's rule for owner and name: letters, digits, '-', '_', '.', starting and ending with a
+# letter or digit, no '--' or '..', at most 96 characters each.
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+REPO = re.compile(rf"^{_PART}/{_PART}$")
+
+
+def check_repo(repo: str) -> None:
+    if not REPO.match(repo) or "--" in repo or ".." in repo or repo.endswith(".git"):
+        fail(f"push={repo!r}: expected a Hub repository as owner/name (letters, digits, '-', '_', '.'), "
+             "e.g. push=your-name/smollm2-chat")
+    if len(repo.split("/")[1]) + len(SUFFIX["merged"]) > 96:
+        fail(f"push={repo!r}: the name is too long (at most {96 - len(SUFFIX['merged'])} characters, "
+             "leaving room for the -merged suffix)")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers on its HTTPS port: a missing model or dataset can then fail
+    in seconds rather than after a minute of the client's retries."""
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
