@@ -169,11 +169,11 @@ class CompleteMarker(TrainerCallback):
         self.folder, self.mirror, self.keep, self.say = folder, mirror, keep, say
 
     def on_save(self, args, state, control, **kw):
-        from kit import launch
+        from kit import ranks
 
-        launch.barrier()  # every rank has written its part (its RNG state) before the marker
+        ranks.barrier()  # every rank has written its part (its RNG state) before the marker
         path = self.folder / f"checkpoint-{state.global_step}"
-        if not launch.is_main() or not path.is_dir():
+        if not ranks.is_main() or not path.is_dir():
             return
         (path / MARKER).write_text(json.dumps({"step": state.global_step, "max_steps": state.max_steps}))
         if self.mirror:

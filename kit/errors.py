@@ -59,10 +59,10 @@ def run_cli(fn: Callable[[list[str]], object], argv: list[str] | None = None) ->
             print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
     except RuntimeError as exc:
-        launch = sys.modules.get("kit.launch")
-        if launch is None or not launch.peer_lost(exc):
+        ranks = sys.modules.get("kit.ranks")
+        if ranks is None or not ranks.peer_lost(exc):
             raise
-        print(f"error: rank {launch.rank()} stopped: another training process is gone "
+        print(f"error: rank {ranks.rank()} stopped: another training process is gone "
               f"({str(exc).splitlines()[0][:120]})", file=sys.stderr)
         return 1
     except Terminated:

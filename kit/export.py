@@ -174,11 +174,11 @@ def problem_of(result: dict) -> str:
 def require_ok(results: dict[str, dict]) -> None:
     """Fail the run (exit code 1, one line) if any export did not pass its fresh-process check:
     a file that does not load or does not stop is no result, whatever the metrics say."""
-    from kit import launch
+    from kit import ranks
     from kit.errors import CheckFailed
 
     bad = [f"{kind} ({problem_of(r)})" for kind, r in results.items() if not r.get("ok")]
     if bad:
         error = CheckFailed("export check failed: " + "; ".join(bad) + "; see metrics.json")
-        error.quiet = not launch.is_main()  # among several ranks, rank 0 says it
+        error.quiet = not ranks.is_main()  # among several ranks, rank 0 says it
         raise error

@@ -14,7 +14,7 @@ import torch
 import unsloth  # noqa: F401  (patches transformers/peft/trl; must come before them)
 from unsloth import FastLanguageModel
 
-from kit import checks, embedded, launch
+from kit import checks, embedded, ranks
 from kit import plan as plan_mod
 from kit.errors import fail
 
@@ -260,7 +260,7 @@ def parallel(cfg, say=print, device: Device | None = None, gpus: int | None = No
     gpus = visible_gpus(device) if gpus is None else gpus
     if not device.gpu:
         n = max(cfg.nproc, 1)
-        launch.check_batch(cfg, n)
+        ranks.check_batch(cfg, n)
         return Parallel(n, False, f"nproc={n}: {n} processes on CPU (gloo)" if n > 1 else "one process")
     if cfg.nproc > max(gpus, 1):
         fail(f"nproc={cfg.nproc}, but this machine shows {gpus} GPU(s); use nproc=0 (every GPU) "
@@ -268,7 +268,7 @@ def parallel(cfg, say=print, device: Device | None = None, gpus: int | None = No
     n = cfg.nproc or max(gpus, 1)
     if n == 1 and not (cfg.nproc == 0 and gpus > 1):
         return Parallel(1, False, "one process, one GPU")
-    launch.check_batch(cfg, n)
+    ranks.check_batch(cfg, n)
     choice = resolve_model(cfg.model, device, progress=say)
     settings = decide_settings(cfg, device)
     try:
@@ -317,7 +317,7 @@ def decide_settings(cfg, device: Device) -> Settings:
         fail("load_in_4bit=true needs a GPU: bitsandbytes' 4-bit layers and Unsloth's merge "
              "into a 4-bit base do not run on CPU")
     mode = plan_mod.mode_of(str(cfg.gradient_checkpointing))
-    share = launch.per_rank_batch(cfg)  # batch_size is the effective batch, all ranks together
+    share = ranks.per_rank_batch(cfg)  # batch_size is the effective batch, all ranks together
     micro = cfg.micro_batch_size or share
     # Until a plan replaces it (a model whose config has no plan): the old safe choice.
     mode = mode or ("unsloth" if device.gpu else "off")
@@ -358,7 +358,7 @@ def plan_memory(cfg, device: Device, shape: plan_mod.Shape, seq: int,
     host = psutil.virtual_memory().available / 2**30 / 2
     chosen = plan_mod.choose(
         shape, budget_gib=plan_mod.usable_gib(free, cfg.memory_margin),
-        batch_size=launch.per_rank_batch(cfg, world or None),
+        batch_size=ranks.per_rank_batch(cfg, world or None),
         seq=seq, checkpointing=checkpointing or plan_mod.mode_of(str(cfg.gradient_checkpointing)),
         micro_batch=cfg.micro_batch_size or None, r=cfg.lora.r,
         targets=_plan_targets(cfg.lora.target_modules),
@@ -402,7 +402,7 @@ def read_shape(choice: ModelChoice, say=print, settings: Settings | None = None,
         fallback = ""
         if settings is not None:
             settings.micro_batch = cfg.micro_batch_size or 1
-            settings.grad_accum = launch.per_rank_batch(cfg) // settings.micro_batch
+            settings.grad_accum = ranks.per_rank_batch(cfg) // settings.micro_batch
             gc = {"unsloth": "offloaded checkpointing", True: "checkpointing",
                   False: "no checkpointing"}[settings.gradient_checkpointing]
             fallback = (f"; using safe settings: {gc}, micro-batch {settings.micro_batch} × "
@@ -497,7 +497,7 @@ def plan_run(cfg, say=print) -> RunPlan:
     shape = read_shape(choice, say, settings, cfg)  # also brings a Hub config.json into the cache
     check_targets(cfg.lora.target_modules, choice)
     cards = 1
-    if not launch.in_ranks() and visible_gpus(device) > 1:
+    if not ranks.in_ranks() and visible_gpus(device) > 1:
         way = parallel(cfg, say, device)  # here: one process, so the layers may be split
         settings.split, cards = way.split, (visible_gpus(device) if way.split else 1)
         say(way.why)

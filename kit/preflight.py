@@ -57,7 +57,7 @@ def check_disk(output_dir: str, needed: int, mirror: str = "", mirror_needed: in
 def start(cfg) -> None:
     """A recipe's first step: the config's values, then whether output_dir is ours to use
     (locked for this run; what a stopped run left half-written there is removed)."""
-    from kit import launch
+    from kit import ranks
     from kit.checkpoints import claim_output_dir, remove_stale
     from kit.config import validate
     from kit.report import escape, say
@@ -66,12 +66,12 @@ def start(cfg) -> None:
     check_services(cfg)
     # Among several ranks, rank 0 claims output_dir, unless the process that launched the ranks
     # holds it already (kit.launch); the others wait until it has.
-    if launch.is_main() and not os.environ.get(launch.LAUNCHED):
+    if ranks.is_main() and not os.environ.get(ranks.LAUNCHED):
         claim_output_dir(cfg)
         removed = remove_stale(cfg.output_dir)
         if removed:
             say(escape(removed))
-    launch.barrier()
+    ranks.barrier()
 
 
 # The package each `report_to=` logger needs.

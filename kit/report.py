@@ -80,7 +80,7 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
     import dataclasses
     import time
 
-    from kit.launch import world_size
+    from kit.ranks import world_size
 
     out = Path(cfg.output_dir)
     peak, peak_kind = prep.device.peak_memory_gib()

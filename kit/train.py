@@ -12,7 +12,7 @@ from transformers import DataCollatorForSeq2Seq, TrainerCallback
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from kit import checkpoints, launch
+from kit import checkpoints, ranks
 from kit.config import loggers
 from kit.data import Encoded
 
@@ -107,7 +107,7 @@ class RichProgressCallback(TrainerCallback):
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            disable=not launch.is_main(),
+            disable=not ranks.is_main(),
         )
         self.task = None
 
@@ -167,9 +167,9 @@ def sft_config(cfg, run, checkpoint_dir: str | None = None) -> SFTConfig:
         dataloader_pin_memory=gpu,
         # Several ranks (kit.launch): gloo on CPU, NCCL between GPUs; every parameter that
         # trains gets a gradient, so DDP need not search for unused ones.
-        ddp_backend=None if gpu or not launch.in_ranks() else "gloo",
+        ddp_backend=None if gpu or not ranks.in_ranks() else "gloo",
         ddp_find_unused_parameters=False,
-        ddp_timeout=int(launch.WAIT.total_seconds()),
+        ddp_timeout=int(ranks.WAIT.total_seconds()),
         # Tokens trained on: a packed batch has no padding (and a pad token may equal EOS, so
         # it cannot be counted by id); a padded one counts its attention mask.
         include_num_input_tokens_seen="all" if s.packing else "non_padding",
@@ -199,7 +199,7 @@ def result_of(trainer, out, resume_from: str | None, rows: int) -> TrainResult:
     result = TrainResult(steps=out.global_step, seconds=float(out.metrics.get("train_runtime", 0.0)),
                          tokens=trainer.state.num_input_tokens_seen - _tokens_before(resume_from),
                          rows=rows)
-    result.world_size, result.ranks_agree = launch.world_size(), launch.ranks_agree(trainer.model)
+    result.world_size, result.ranks_agree = ranks.world_size(), ranks.ranks_agree(trainer.model)
     logged = [h for h in trainer.state.log_history if "loss" in h]
     result.losses = [float(h["loss"]) for h in logged]
     result.learning_rates = [float(h.get("learning_rate", 0.0)) for h in logged]
@@ -290,14 +290,14 @@ def resume_point(run, cfg, say=print) -> str | None:
         resume_from, notes = checkpoints.latest(cfg.output_dir, cfg.checkpoint_mirror)
         for note in notes:
             say(note)
-    elif launch.is_main():
+    elif ranks.is_main():
         shutil.rmtree(checkpoints.checkpoint_dir(cfg.output_dir), ignore_errors=True)
-    launch.barrier()  # no rank looks for checkpoints while rank 0 clears them
+    ranks.barrier()  # no rank looks for checkpoints while rank 0 clears them
     if resume_from is not None:
         step = checkpoints.step_of(resume_from)
         say(f"resuming from {resume_from} (step {step} of {cfg.max_steps})"
             + ("; training is already complete" if step >= cfg.max_steps else ""))
-    if launch.is_main():
+    if ranks.is_main():
         checkpoints.record_run_config(cfg)
     return str(resume_from) if resume_from is not None else None
 

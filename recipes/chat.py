@@ -29,7 +29,7 @@ from pathlib import Path
 
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
-from kit import data, evaluate, export, hub, launch, models, preflight, train
+from kit import data, evaluate, export, hub, launch, models, preflight, ranks, train
 from kit.cli import parse_cli, run_script
 from kit.config import RecipeConfig
 from kit.report import escape, finish, say, step, warn
@@ -70,7 +70,7 @@ def main(cfg: ChatConfig) -> dict:
 
     # Several GPUs (or nproc=N): one training process per GPU through torch's launcher; this
     # process waits for them and returns rank 0's metrics. In those ranks, rank 0 alone
-    # evaluates, exports and pushes (launch.on_main); the others wait for its results.
+    # evaluates, exports and pushes (ranks.on_main); the others wait for its results.
     if (n := launch.processes(cfg, say)) > 1:
         return launch.run_ranks(cfg, __file__, n, say)
 
@@ -114,7 +114,7 @@ def main(cfg: ChatConfig) -> dict:
 
     # 5. Evaluate before training.
     step("Evaluate before training")
-    before, gens_before = launch.on_main(evaluate.evaluate, model, tokenizer, splits.test,
+    before, gens_before = ranks.on_main(evaluate.evaluate, model, tokenizer, splits.test,
                                          test_enc, cfg.max_new_tokens, cfg.eval_samples)
     say(f"before: {before}")
 
@@ -137,7 +137,7 @@ def main(cfg: ChatConfig) -> dict:
 
     # 7. Evaluate after training, on the same held-out prompts.
     step("Evaluate after training")
-    after, gens_after = launch.on_main(evaluate.evaluate, model, tokenizer, splits.test,
+    after, gens_after = ranks.on_main(evaluate.evaluate, model, tokenizer, splits.test,
                                        test_enc, cfg.max_new_tokens, cfg.eval_samples)
     say(f"after:  {after}")
     for b, a in list(zip(gens_before, gens_after))[:3]:
@@ -151,21 +151,21 @@ def main(cfg: ChatConfig) -> dict:
     #    of its turn.
     step("Export")
     probe = next((e for e in splits.test if e.expect), splits.test[0])
-    exports = launch.on_main(export.export_and_verify, model, tokenizer, cfg.export,
+    exports = ranks.on_main(export.export_and_verify, model, tokenizer, cfg.export,
                              Path(cfg.output_dir), evaluate.prompt_of(probe), progress=say,
                              gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = launch.on_main(finish, "chat", cfg, plan, result, before, after, exports, started,
+    metrics = ranks.on_main(finish, "chat", cfg, plan, result, before, after, exports, started,
                              held_out=len(splits.test))
     export.require_ok(exports)  # an export that does not load or stop fails the run (exit 1)
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
         step("Push to the Hub")
-        launch.on_main(hub.push, Path(cfg.output_dir), metrics, cfg.push, cfg.push_private,
+        ranks.on_main(hub.push, Path(cfg.output_dir), metrics, cfg.push, cfg.push_private,
                        progress=say)
-    launch.leave()
+    ranks.leave()
     return metrics
 
 

@@ -31,7 +31,7 @@ from typing import Literal
 
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
-from kit import classify, data, export, hub, launch, models, preflight, train
+from kit import classify, data, export, hub, launch, models, preflight, ranks, train
 from kit.cli import parse_cli, run_script
 from kit.config import RecipeConfig
 from kit.report import console, escape, finish, say, step, warn
@@ -82,7 +82,7 @@ def main(cfg: ClassificationConfig) -> dict:
 
     # Several GPUs (or nproc=N): one training process per GPU through torch's launcher; this
     # process waits for them and returns rank 0's metrics. In those ranks, rank 0 alone
-    # evaluates, exports and pushes (launch.on_main); the others wait for its results.
+    # evaluates, exports and pushes (ranks.on_main); the others wait for its results.
     if (n := launch.processes(cfg, say)) > 1:
         return launch.run_ranks(cfg, __file__, n, say)
 
@@ -133,7 +133,7 @@ def main(cfg: ClassificationConfig) -> dict:
 
     # 5. Evaluate before training: every label scored for every held-out text.
     step("Evaluate before training")
-    before = launch.on_main(classify.evaluate, model, tokenizer, test_texts, d.test_labels,
+    before = ranks.on_main(classify.evaluate, model, tokenizer, test_texts, d.test_labels,
                             d.labels, cfg.max_seq_length)
     console.print(classify.confusion_table(before, "before training"))
 
@@ -156,7 +156,7 @@ def main(cfg: ClassificationConfig) -> dict:
 
     # 7. Evaluate after training.
     step("Evaluate after training")
-    after = launch.on_main(classify.evaluate, model, tokenizer, test_texts, d.test_labels,
+    after = ranks.on_main(classify.evaluate, model, tokenizer, test_texts, d.test_labels,
                            d.labels, cfg.max_seq_length)
     console.print(classify.confusion_table(after, "after training"))
 
@@ -165,23 +165,23 @@ def main(cfg: ClassificationConfig) -> dict:
     #    "merged_16bit"), each into a temporary folder renamed into place; export_and_verify
     #    then reloads each in a fresh process and classifies a held-out text.
     step("Export")
-    exports = launch.on_main(
+    exports = ranks.on_main(
         export.export_and_verify, model, tokenizer, cfg.export, Path(cfg.output_dir),
         classify.prompt(test_texts[0], d.labels), progress=say,  # its true label: d.test_labels[0]
         extra_files={classify.LABELS_FILE: classify.labels_file(d.labels, cfg.max_seq_length)},
         gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = launch.on_main(finish, "classification", cfg, plan, result, before, after, exports,
+    metrics = ranks.on_main(finish, "classification", cfg, plan, result, before, after, exports,
                              started, held_out=len(d.test_texts), extra={"labels": d.labels})
     export.require_ok(exports)  # an export that failed its fresh-process check fails the run
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
         step("Push to the Hub")
-        launch.on_main(hub.push, Path(cfg.output_dir), metrics, cfg.push, cfg.push_private,
+        ranks.on_main(hub.push, Path(cfg.output_dir), metrics, cfg.push, cfg.push_private,
                        progress=say)
-    launch.leave()
+    ranks.leave()
     return metrics
 
 

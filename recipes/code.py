@@ -31,7 +31,7 @@ from typing import Literal
 
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
-from kit import code, data, evaluate, export, hub, launch, models, preflight, sandbox, train
+from kit import code, data, evaluate, export, hub, launch, models, preflight, ranks, sandbox, train
 from kit.cli import parse_cli, run_script
 from kit.config import RecipeConfig
 from kit.report import escape, finish, say, step, warn
@@ -85,7 +85,7 @@ def main(cfg: CodeConfig) -> dict:
 
     # Several GPUs (or nproc=N): one training process per GPU through torch's launcher; this
     # process waits for them and returns rank 0's metrics. In those ranks, rank 0 alone
-    # evaluates, exports and pushes (launch.on_main); the others wait for its results.
+    # evaluates, exports and pushes (ranks.on_main); the others wait for its results.
     if (n := launch.processes(cfg, say)) > 1:
         return launch.run_ranks(cfg, __file__, n, say)
 
@@ -141,7 +141,7 @@ def main(cfg: CodeConfig) -> dict:
         return result
 
     # 5. Evaluate before training: pass@1 in the sandbox, and the held-out loss.
-    before = launch.on_main(measure, "before training")
+    before = ranks.on_main(measure, "before training")
 
     # 6. Train. TRL's SFTTrainer, as Unsloth patches it; the kit checks the disk, finds the
     #    newest complete checkpoint (resume=auto), decides on packing and fills SFTConfig.
@@ -161,28 +161,28 @@ def main(cfg: CodeConfig) -> dict:
     result = train.result_of(trainer, stats, resume_from, rows=len(train_enc))
 
     # 7. Evaluate after training, on the same problems.
-    after = launch.on_main(measure, "after training")
+    after = ranks.on_main(measure, "after training")
 
     # 8. Export. export.save_adapter calls model.save_pretrained (the LoRA weights) and
     #    export.save_merged model.save_pretrained_merged(..., save_method="merged_16bit"), each
     #    into a temporary folder renamed into place; export_and_verify then reloads each in a
     #    fresh process and answers a held-out task.
     step("Export")
-    exports = launch.on_main(export.export_and_verify, model, tokenizer, cfg.export,
+    exports = ranks.on_main(export.export_and_verify, model, tokenizer, cfg.export,
                              Path(cfg.output_dir), evaluate.prompt_of(problems[0]), progress=say,
                              max_new_tokens=max(160, new_tokens), gguf_quant=cfg.gguf_quant)
 
     # 9. Summary table, metrics.json and report.png.
-    metrics = launch.on_main(finish, "code", cfg, plan, result, before, after, exports, started,
+    metrics = ranks.on_main(finish, "code", cfg, plan, result, before, after, exports, started,
                              held_out=len(test_enc), extra={"sandbox": isolation} if isolation else None)
     export.require_ok(exports)  # an export that failed its fresh-process check fails the run
 
     # 10. Push to the Hugging Face Hub (push=user/repo): each export with a model card.
     if cfg.push:
         step("Push to the Hub")
-        launch.on_main(hub.push, Path(cfg.output_dir), metrics, cfg.push, cfg.push_private,
+        ranks.on_main(hub.push, Path(cfg.output_dir), metrics, cfg.push, cfg.push_private,
                        progress=say)
-    launch.leave()
+    ranks.leave()
     return metrics
 
 

@@ -14,7 +14,7 @@ import kit.cli
 from kit import cli
 from kit.errors import KitError
 
-RECIPES = ("chat", "classification", "code")
+RECIPES = ("chat", "classification", "code", "fim")
 KERNEL_ARGV = ["/usr/lib/python3/site-packages/ipykernel_launcher.py", "-f",
                "/root/.local/share/jupyter/runtime/kernel-1.json"]
 

@@ -48,7 +48,7 @@ def test_unknown_key_lists_the_valid_keys():
 def test_every_field_of_every_recipe_config_has_a_docstring():
     configs = [v for name in names() for v in vars(recipe(name)).values()
                if isinstance(v, type) and issubclass(v, RecipeConfig) and v is not RecipeConfig]
-    assert len(configs) == len(names()) == 3
+    assert len(configs) == len(names()) == 4
     for cls in (RecipeConfig, LoraConfig, *configs):
         docs = field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]

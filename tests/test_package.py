@@ -9,7 +9,7 @@ import subprocess
 import sys
 import zipfile
 
-RECIPES = ("chat", "classification", "code")
+RECIPES = ("chat", "classification", "code", "fim")
 
 
 def test_wheel_carries_the_kit_the_recipes_and_their_data(installed_kit):
@@ -51,12 +51,13 @@ def test_python_m_kit_lists_the_recipes(installed_kit, tmp_path):
 
 
 def test_python_m_kit_recipe_help(installed_kit, tmp_path):
-    """`python -m kit RECIPE --help` for each recipe (the three at once: each loads the stack)."""
+    """`python -m kit RECIPE --help` for each recipe (all at once: each loads the stack)."""
     procs = {r: subprocess.Popen([sys.executable, "-m", "kit", r, "--help"], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=installed_kit.env())
              for r in RECIPES}
     for recipe, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
-        title = {"chat": "ChatConfig", "classification": "ClassificationConfig", "code": "CodeConfig"}[recipe]
+        title = {"chat": "ChatConfig", "classification": "ClassificationConfig", "code": "CodeConfig",
+                 "fim": "FimConfig"}[recipe]
         assert f"{title}: key=value overrides" in out and "max_steps" in out and "lora.r" in out
