@@ -69,14 +69,14 @@ def _columns(rows: list[dict], source: str, text_column: str, label_column: str)
 
 
 def load_labeled(source: str, eval_data: str, eval_fraction: float, text_column: str,
-                 label_column: str, seed: int) -> Labeled:
+                 label_column: str, seed: int, **hub) -> Labeled:
     """Texts and labels for training and evaluation; the label set comes from training.
 
     Rule for evaluation labels never seen in training: those rows are left out of the
     metrics (the model cannot predict them), with a warning that counts them.
     """
     notes: list[str] = []
-    train_rows, test_rows = data.read_split_rows(source, eval_data)
+    train_rows, test_rows = data.read_split_rows(source, eval_data, **hub)  # data.hub_pick
     texts, labels = _columns(train_rows, source, text_column, label_column)
     if test_rows is None:
         held = data.hold_out(len(texts), eval_fraction, seed, source, cap=500)

@@ -135,7 +135,7 @@ def fim_tokens(tokenizer) -> tuple[str, str, str, str]:
          "has none: use a code model such as Qwen2.5-Coder, StarCoder2 or DeepSeek-Coder")
 
 
-def read_sources(source: str, text_column: str) -> list[str]:
+def read_sources(source: str, text_column: str, split: str = "train", subset: str = "") -> list[str]:
     """Source texts for FIM: every *.py file under a folder, or a column of a data file."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -143,7 +143,7 @@ def read_sources(source: str, text_column: str) -> list[str]:
         if not texts:
             fail(f"{path}: no .py files found")
         return texts
-    rows = data.read_records(source)
+    rows = data.read_records(source, split, subset)
     if text_column not in rows[0]:
         fail(f"{source}: no text column {text_column!r}; columns found {sorted(rows[0])} "
              "(set text_column=...)")

@@ -127,6 +127,14 @@ class RecipeConfig:
     """Training processes, one per GPU (data-parallel through torch's launcher; `batch_size`
     stays the effective batch). 0: every visible GPU, or, for a model too big for one card,
     its layers split over them in one process. On CPU, N > 1 runs N gloo processes."""
+    data_subset: str = ""
+    """A Hub dataset's subset (its configuration name, e.g. `sst2` of `nyu-mll/glue`); empty:
+    its default one. Local files ignore it."""
+    data_split: str = "train"
+    """The Hub dataset's split to train on; slices work: `train[:2000]`, `train[:10%]`."""
+    eval_split: str = "test"
+    """The Hub dataset's split to evaluate on (when `eval_data` is empty); where it has no such
+    split, a share of the training rows is held out instead."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapter settings (`lora.r=32`, ...)."""
 

@@ -68,9 +68,17 @@ def is_local(source: str) -> bool:
     return path.exists() or path.suffix.lower() in FILE_SUFFIXES
 
 
-def read_records(source: str, split: str = "train") -> list[dict]:
-    """Rows of a local file, or of a Hub dataset's split, as plain dicts."""
-    return _read_file(Path(source).expanduser()) if is_local(source) else _read_hub(source, split)
+def read_records(source: str, split: str = "train", subset: str = "") -> list[dict]:
+    """Rows of a local file, or of a Hub dataset's split (of its `subset`), as plain dicts."""
+    if is_local(source):
+        return _read_file(Path(source).expanduser())
+    return _read_hub(source, split, subset)
+
+
+def hub_pick(cfg) -> dict:
+    """Which part of a Hub dataset a recipe reads: the `data_subset`, `data_split` and
+    `eval_split` keys, as read_split_rows takes them."""
+    return {"subset": cfg.data_subset, "split": cfg.data_split, "eval_split": cfg.eval_split}
 
 
 def _read_file(path: Path) -> list[dict]:
@@ -168,7 +176,7 @@ def _in_cache(name: str) -> bool:
         Path(datasets_cache) / name.replace("/", "___")).is_dir()
 
 
-def _read_hub(name: str, split: str) -> list[dict]:
+def _read_hub(name: str, split: str, subset: str = "") -> list[dict]:
     if not _in_cache(name):
         if _offline() or not checks.hub_reachable():  # fail in seconds, not after a minute of retries
             fail(f"could not load data {name!r}: not a local file, not in the local Hugging Face "
@@ -176,10 +184,12 @@ def _read_hub(name: str, split: str) -> list[dict]:
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, split=split)
-    except Exception as exc:  # offline, unknown name, gated: all mean "cannot use it"
+        ds = datasets.load_dataset(name, subset or None, split=split)
+    except Exception as exc:  # offline, unknown name or subset or split, gated: "cannot use it"
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        fail(f"could not load data {name!r}: not a local file, and the Hugging Face Hub said: {reason}")
+        part = f" (subset {subset!r}, split {split!r})" if subset else f" (split {split!r})"
+        fail(f"could not load data {name!r}{part}: not a local file, and the Hugging Face Hub "
+             f"said: {reason}")
     return [dict(r) for r in ds]
 
 
@@ -274,9 +284,11 @@ def to_examples(rows: list[dict], source: str) -> tuple[list[Example], str]:
     return [to_example(r, fmt, f"{source}, example {i}") for i, r in enumerate(rows, 1)], fmt
 
 
-def read_split_rows(data: str, eval_data: str = "") -> tuple[list[dict], list[dict] | None]:
+def read_split_rows(data: str, eval_data: str = "", subset: str = "", split: str = "train",
+                    eval_split: str = "test") -> tuple[list[dict], list[dict] | None]:
     """Raw training rows, and evaluation rows where the source has them: `builtin:NAME`'s own
-    test file, `eval_data`, or a Hub dataset's `test` split; None means "hold some out"."""
+    test file, `eval_data`, or a Hub dataset's `eval_split`; None means "hold some out". A Hub
+    dataset is read from its `subset` (configuration) and `split` (slices work)."""
     if data.startswith("builtin:"):
         name = data.split(":", 1)[1]
         if not (BUILTIN_DIR / f"{name}_train.jsonl").is_file():
@@ -284,13 +296,13 @@ def read_split_rows(data: str, eval_data: str = "") -> tuple[list[dict], list[di
             fail(f"unknown built-in dataset {name!r}; have: {', '.join(known)}")
         test = read_records(eval_data) if eval_data else _read_file(BUILTIN_DIR / f"{name}_test.jsonl")
         return _read_file(BUILTIN_DIR / f"{name}_train.jsonl"), test
-    train_rows = read_records(data)
+    train_rows = read_records(data, split, subset)
     if eval_data:
         return train_rows, read_records(eval_data)
-    if not is_local(data):
+    if not is_local(data) and eval_split:
         try:
-            return train_rows, read_records(data, "test")
-        except KitError:  # no test split
+            return train_rows, read_records(data, eval_split, subset)
+        except KitError:  # no such split
             pass
     return train_rows, None
 
@@ -305,11 +317,13 @@ def hold_out(n_items: int, fraction: float, seed: int, source: str, cap: int = 2
     return set(order[:n])
 
 
-def load_splits(data: str, eval_data: str = "", eval_fraction: float = 0.1, seed: int = 0) -> Splits:
+def load_splits(data: str, eval_data: str = "", eval_fraction: float = 0.1, seed: int = 0,
+                **hub) -> Splits:
     """Train and held-out examples, every row validated (see read_split_rows for where the
-    held-out ones come from; otherwise a seeded `eval_fraction` of the rows)."""
+    held-out ones come from, and `hub` for which part of a Hub dataset; otherwise a seeded
+    `eval_fraction` of the rows)."""
     notes: list[str] = []
-    train_rows, test_rows = read_split_rows(data, eval_data)
+    train_rows, test_rows = read_split_rows(data, eval_data, **hub)
     train, fmt = to_examples(train_rows, data)
     if test_rows is None:
         held = hold_out(len(train), eval_fraction, seed, data)

@@ -62,7 +62,8 @@ def main(cfg: ChatConfig) -> dict:
 
     # 1. Data first, so a bad file fails in seconds rather than after the model loads.
     step("Data")
-    splits = data.load_splits(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed)
+    splits = data.load_splits(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed,
+                              **data.hub_pick(cfg))  # a Hub dataset's subset and splits
     say(f"{splits.source}: {len(splits.train)} train / {len(splits.test)} held-out "
         f"conversations ({data.FORMATS[splits.fmt]})")
     for note in splits.notes:

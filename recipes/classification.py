@@ -69,7 +69,7 @@ def main(cfg: ClassificationConfig) -> dict:
     # 1. Data: texts and labels; the label set is read from the training split.
     step("Data")
     d = classify.load_labeled(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.text_column,
-                              cfg.label_column, cfg.seed)
+                              cfg.label_column, cfg.seed, **data.hub_pick(cfg))
     say(f"{cfg.data}: {len(d.train_texts)} train / {len(d.test_texts)} held-out; "
         f"labels: {escape(', '.join(d.labels))}")
     say(f"train classes: {escape(classify.class_counts(d.train_labels))}")

@@ -76,7 +76,8 @@ def main(cfg: CodeConfig) -> dict:
 
     # 1. Data: tasks to train on, and the problems (with tests) pass@1 is measured on.
     step("Data")
-    splits = data.load_splits(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed)
+    splits = data.load_splits(cfg.data, cfg.eval_data, cfg.eval_fraction, cfg.seed,
+                              **data.hub_pick(cfg))  # a Hub dataset's subset and splits
     problems = code.humaneval_examples(cfg.eval_limit) if cfg.eval == "humaneval" else (
         splits.test[: cfg.eval_limit] if cfg.eval_limit else splits.test)
     code.check_tasks(problems, cfg.eval_data or cfg.data)

@@ -69,7 +69,7 @@ def main(cfg: FimConfig) -> dict:
 
     # 1. Data: holes cut from the training files, and from the held-out ones.
     step("Data")
-    sources = code.read_sources(cfg.data, cfg.text_column)
+    sources = code.read_sources(cfg.data, cfg.text_column, cfg.data_split, cfg.data_subset)
     n_test = max(1, round(len(sources) * cfg.eval_fraction)) if len(sources) > 1 else 0
     if n_test == 0:
         fail(f"{cfg.data}: FIM needs at least two source files (one is held out)")

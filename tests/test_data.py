@@ -158,3 +158,32 @@ def test_checks_on_replies():
     assert data.check_reply(ex, "I'm SmolLM, not Pip") is False
     assert data.check_reply(ex, "pip install") is False
     assert data.check_reply(data.Example([]), "anything") is None
+
+
+def test_a_hub_datasets_subset_and_splits_reach_datasets(monkeypatch):
+    """`data_subset`, `data_split` (slices included) and `eval_split` go to datasets.load_dataset;
+    a dataset without the evaluation split has rows held out instead."""
+    import datasets
+
+    from kit.config import RecipeConfig, apply_overrides
+
+    calls = []
+
+    def load_dataset(name, subset=None, split=None):
+        calls.append((name, subset, split))
+        if split == "validation":
+            raise ValueError('Unknown split "validation". Should be one of [\'train\'].')
+        return [{"text": f"{subset}/{split}", "label": "a"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(data, "_in_cache", lambda name: True)
+    cfg = apply_overrides(RecipeConfig(), ["data=owner/set", "data_subset=sst2",
+                                           "data_split=train[:100]", "eval_split=dev"])
+    train, test = data.read_split_rows(cfg.data, **data.hub_pick(cfg))
+    assert calls == [("owner/set", "sst2", "train[:100]"), ("owner/set", "sst2", "dev")]
+    assert train[0]["text"] == "sst2/train[:100]" and test[0]["text"] == "sst2/dev"
+    calls.clear()
+    train, test = data.read_split_rows("owner/set", split="train", eval_split="validation")
+    assert calls == [("owner/set", None, "train"), ("owner/set", None, "validation")] and test is None
+    with pytest.raises(KitError, match=r"'owner/set' \(split 'validation'\).*Unknown split"):
+        data.read_records("owner/set", "validation")
