@@ -12,7 +12,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-LEAVES = ("kit.config", "kit.data", "kit.plan", "kit.report", "kit.plots", "kit.cli", "kit.recipe")
+LEAVES = ("kit.config", "kit.data", "kit.plan", "kit.report", "kit.plots", "kit.cli", "kit.recipe",
+          "kit.ranks", "kit.checks", "kit.metrics")
 HEAVY = ("torch", "unsloth", "transformers")
 
 
