@@ -111,10 +111,10 @@ def test_main_lists_recipes_and_dispatches(capsys):
         assert f"  {name} " in out
     assert cli.main(["--help"]) == 0 and "recipes:" in capsys.readouterr().out
     assert cli.main(["nope"]) == 2
-    assert "error: no recipe 'nope'; have: chat, classification, code" in capsys.readouterr().err
+    assert "error: no recipe 'nope'; have: chat, classification, code, fim" in capsys.readouterr().err
     assert cli.main(["code", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "CodeConfig: key=value overrides" in out and "fim_per_file" in out
+    assert "CodeConfig: key=value overrides" in out and "exec_timeout" in out
     assert cli.main(["chat", "max_steps=ten"]) == 2
     assert "max_steps='ten': expected a whole number" in capsys.readouterr().err
 
