@@ -153,8 +153,13 @@ def peer_lost(exc: BaseException) -> bool:
 
 
 def leave() -> None:
+    """Leave the process group at the end of a run. Every rank first meets at a barrier: gloo's
+    worker threads then hold no tensor of Python-owned memory (a broadcast object's bytes),
+    which they would need the interpreter's lock to free while this thread, holding it, waits
+    for them to stop (a hang seen once at the end of a two-rank run)."""
     if in_ranks():
         import torch.distributed as dist
 
         if dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
