@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -48,7 +50,26 @@ def _resume_hint() -> str:
 
 def run_cli(fn: Callable[[list[str]], object], argv: list[str] | None = None) -> int:
     """Run a recipe's command line; a KitError becomes `error: ...` on stderr and exit 2.
-    Ctrl-C (exit 130) and SIGTERM (exit 143) say where the run can resume from."""
+    Ctrl-C (exit 130) and SIGTERM (exit 143) say where the run can resume from.
+
+    One of several ranks (kit.launch, torchrun) ends its process here, skipping the
+    interpreter's teardown: torch 2.13's gloo process group, freed while one of its worker
+    threads still releases a tensor Python owns, joins that thread while holding the lock the
+    thread waits for, and the rank never exits (seen at the end of two-rank runs, one in a
+    few). The ranks have met at kit.ranks.leave() or stopped on an error; output is flushed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _run_cli(fn, argv)
+    try:
+        code = _run_cli(fn, argv)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_cli(fn: Callable[[list[str]], object], argv: list[str] | None) -> int:
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

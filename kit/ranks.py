@@ -153,13 +153,11 @@ def peer_lost(exc: BaseException) -> bool:
 
 
 def leave() -> None:
-    """Leave the process group at the end of a run. Every rank first meets at a barrier: gloo's
-    worker threads then hold no tensor of Python-owned memory (a broadcast object's bytes),
-    which they would need the interpreter's lock to free while this thread, holding it, waits
-    for them to stop (a hang seen once at the end of a two-rank run)."""
+    """The end of a run: every rank meets here, so none exits while another still needs it.
+    The process group is not destroyed: the rank's process ends without tearing it down
+    (kit.errors.run_cli says why)."""
     if in_ranks():
         import torch.distributed as dist
 
         if dist.is_initialized():
             dist.barrier()
-            dist.destroy_process_group()
