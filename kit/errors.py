@@ -85,7 +85,7 @@ def _run_cli(fn: Callable[[list[str]], object], argv: list[str] | None) -> int:
             raise
         print(f"error: rank {ranks.rank()} stopped: another training process is gone "
               f"({str(exc).splitlines()[0][:120]})", file=sys.stderr)
-        return 1
+        return ranks.PEER_GONE
     except Terminated:
         print(f"error: stopped by SIGTERM{_resume_hint()}", file=sys.stderr)
         return 128 + signal.SIGTERM

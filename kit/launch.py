@@ -98,11 +98,15 @@ _LAUNCHER_LOGS = ("torch.distributed.elastic", "torch.distributed.launcher")
 
 
 def _first(exc):
-    """The rank that failed first; the launcher stops the others with SIGTERM, and failure
-    times are whole seconds, so a rank it stopped is the cause only if nothing else failed."""
+    """The rank that failed first. A rank the launcher stopped (SIGTERM) or one that stopped
+    because a peer died (PEER_GONE) is the cause only if nothing else failed: failure times
+    are whole seconds, and such a rank often exits within the same second as the cause."""
     import signal
 
-    return min(exc.failures.values(), key=lambda f: (f.exitcode == -signal.SIGTERM, f.timestamp))
+    from kit.ranks import PEER_GONE
+
+    return min(exc.failures.values(),
+               key=lambda f: (f.exitcode in (-signal.SIGTERM, PEER_GONE), f.timestamp))
 
 
 def _failure_line(exc, cfg) -> str:

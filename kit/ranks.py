@@ -147,6 +147,9 @@ _PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken p
               "remote process exited", "communicator was aborted")
 
 
+PEER_GONE = 3  # a rank's exit code when it stopped only because another rank died
+
+
 def peer_lost(exc: BaseException) -> bool:
     """Did this rank fail only because another rank died (which the launcher reports)?"""
     return in_ranks() and isinstance(exc, RuntimeError) and any(s in str(exc) for s in _PEER_GONE)
