@@ -12,10 +12,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kit import ranks
 from kit.metrics import improved
 
 # Among several training processes only rank 0 talks (errors still reach stderr from any).
-console = Console(highlight=False, quiet=os.environ.get("RANK", "0") != "0")
+console = Console(highlight=False, quiet=not ranks.is_main())
 
 
 def say(message: str) -> None:
@@ -80,8 +81,6 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
     import dataclasses
     import time
 
-    from kit.ranks import world_size
-
     out = Path(cfg.output_dir)
     peak, peak_kind = prep.device.peak_memory_gib()
     better = improved(before, after)
@@ -97,7 +96,7 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
                   "losses": result.losses, "learning_rates": result.learning_rates,
                   "peak_memory_gib": round(peak, 2), "peak_memory_kind": peak_kind,
                   "ranks_agree": result.ranks_agree},
-        "world_size": world_size(),
+        "world_size": result.world_size,
         "trainable_parameters": prep.trainable, "total_parameters": prep.total,
         "learning_rate": prep.learning_rate,
         "memory_plan": _plan_record(prep.settings),
@@ -113,7 +112,7 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
     except Exception as exc:
         warn(f"could not draw {out / 'report.png'}: {exc}")
     rows = [
-        ("device", prep.device.name + (f" × {world_size()} processes" if world_size() > 1 else "")),
+        ("device", prep.device.name + (f" × {result.world_size} processes" if result.world_size > 1 else "")),
         ("model", prep.choice.label),
         ("trainable", f"{prep.trainable:,} ({100 * prep.trainable / prep.total:.2f}%)"),
         ("steps", str(result.steps)), ("tokens/s", f"{result.tokens_per_second:,.0f}"),

@@ -33,7 +33,7 @@ class TrainResult:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-class CountingCollator:
+class PaddedCollator:
     """Pads a batch (labels with -100). The trainer counts the real tokens each step trains on
     (`include_num_input_tokens_seen`), summed over the ranks; the data loader may collate a
     batch ahead that no step uses, so the collator does not count."""
@@ -45,7 +45,7 @@ class CountingCollator:
         return self.inner(features)
 
 
-class PackingCollator(CountingCollator):
+class PackingCollator(PaddedCollator):
     """Padding-free: a micro-batch's rows laid end to end in one row, no pad token anywhere.
 
     TRL's collator does the layout (position ids restart at 0 for each row, and the label at
@@ -66,8 +66,8 @@ class PackingCollator(CountingCollator):
         return batch
 
 
-def collator_for(tokenizer, packing: bool) -> CountingCollator:
-    return PackingCollator(tokenizer) if packing else CountingCollator(tokenizer)
+def collator_for(tokenizer, packing: bool) -> PaddedCollator:
+    return PackingCollator(tokenizer) if packing else PaddedCollator(tokenizer)
 
 
 @torch.no_grad()
@@ -214,7 +214,7 @@ def result_of(trainer, out, resume_from: str | None, rows: int) -> TrainResult:
 def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: bool,
           learning_rate: float, checkpoint_dir: str, resume_from: str | None = None,
           callbacks: tuple = (), micro_batch: int | None = None, grad_accum: int = 1,
-          collator: CountingCollator | None = None, packing: bool = False) -> TrainResult:
+          collator: PaddedCollator | None = None, packing: bool = False) -> TrainResult:
     """The recipes' training stage in one call, for tests and the bench: SFT up to
     cfg.max_steps optimizer steps (continuing from `resume_from`, a checkpoint folder, if
     given). `packing`: padding-free micro-batches (PackingCollator) instead of padded ones;

@@ -64,8 +64,8 @@ def test_packed_loss_and_lora_grads_equal_rows_run_alone(tiny_fp32):
     packed = train.PackingCollator(tokenizer)(features(encoded))
     assert packed["input_ids"].shape == (1, sum(len(e.input_ids) for e in encoded))
     assert "attention_mask" not in packed
-    alone = [train.CountingCollator(tokenizer)(features([e])) for e in encoded]
-    padded = train.CountingCollator(tokenizer)(features(encoded))
+    alone = [train.PaddedCollator(tokenizer)(features([e])) for e in encoded]
+    padded = train.PaddedCollator(tokenizer)(features(encoded))
 
     loss_p, grads_p = loss_and_grads(model, [packed])
     loss_a, grads_a = loss_and_grads(model, alone)
