@@ -135,12 +135,16 @@ def check_shared(folder) -> None:
     dist.all_gather_object(every, (mark.is_file(), socket.gethostname()))
     if is_main():
         mark.unlink(missing_ok=True)
-    blind = [f"rank {r} on {host}" for r, (seen, host) in enumerate(every) if not seen]
+    blind: dict[str, list[str]] = {}
+    for r, (seen, host) in enumerate(every):
+        if not seen:
+            blind.setdefault(host, []).append(str(r))
     if blind:
-        error = KitError(f"output_dir {folder} is not one folder for every process: "
-                         f"{', '.join(blind)} cannot see what rank 0 writes there; on several "
-                         "machines output_dir must be a shared folder (NFS or the like) at the "
-                         "same path on each")
+        who = "; ".join(f"{host} (rank{'s' * (len(rs) > 1)} {', '.join(rs)})" for host, rs in blind.items())
+        error = KitError(f"output_dir {folder} is not one folder for every process: the processes "
+                         f"on {who} cannot see what rank 0 writes there; on several machines "
+                         "output_dir must be a shared folder (NFS or the like) at the same path "
+                         "on each")
         error.quiet = not is_main()
         raise error
 

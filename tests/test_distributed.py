@@ -1,5 +1,6 @@
 """Every GPU: the data-parallel path run for real on CPU, two gloo processes (`nproc=2`, or the
-user's own torchrun), against one process with the same effective batch."""
+user's own torchrun), against one process with the same effective batch; and two machines, as
+two torchrun launchers on this one, against `nproc=2`."""
 
 import json
 import os
@@ -188,7 +189,8 @@ def test_two_machines_without_a_shared_output_dir_stop_at_once(taught_model_dir,
     assert code0 != 0 and code1 != 0
     lines = [line for line in err0.splitlines() if line.startswith("error: ")]
     assert len(lines) == 1, err0[-3000:]
-    assert f"output_dir {outs[0]} is not one folder for every process: rank 1 on " in lines[0]
+    assert f"output_dir {outs[0]} is not one folder for every process: the processes on " in lines[0]
+    assert "(rank 1) cannot see what rank 0 writes there" in lines[0]
     assert "must be a shared folder" in lines[0]
     assert not [line for line in err1.splitlines() if line.startswith("error: ")]  # rank 0 says it
     assert "held-out conversations" not in said0  # it stopped before reading the data
