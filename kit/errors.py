@@ -73,9 +73,10 @@ def run_cli(fn: Callable[[list[str]], object], argv: list[str] | None = None) ->
 
 def finish_loggers(code: int) -> None:
     """End the loggers' runs that only an interpreter exit hook would end, before a rank's
-    os._exit skips it: wandb's (transformers' WandbCallback never calls wandb.finish(), and an
-    offline run left unfinished keeps none of its data). The other `report_to=` loggers close at
-    the end of training, in their callbacks (TensorBoard's writer, trackio)."""
+    os._exit skips it: wandb's (transformers' WandbCallback never calls wandb.finish(); a run
+    left so has no exit record, and what wandb had not yet written is lost). The other
+    `report_to=` loggers close at the end of training, in their callbacks (TensorBoard's
+    writer, trackio)."""
     wandb = sys.modules.get("wandb")
     if wandb is None or getattr(wandb, "run", None) is None:
         return
