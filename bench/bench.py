@@ -124,11 +124,13 @@ def run_kit(a, data, clock: StepClock, result: dict):
     """The kit's own path: kit.models.load / add_lora and kit.train.train, as the recipes run,
     with the run's `packing=auto` choice."""
     from kit import models, train
+    from kit.choice import ModelChoice
     from kit.config import RecipeConfig, apply_overrides
     from kit.data import Encoded
+    from kit.device import detect_device
 
-    gpu = models.detect_device().gpu
-    choice = models.ModelChoice(str(a.model), "bench model", "benchmark")
+    gpu = detect_device().gpu
+    choice = ModelChoice(str(a.model), "bench model", "benchmark")
     model, tok = models.load(choice, a.seq, load_in_4bit=gpu)
     cfg = apply_overrides(RecipeConfig(), [f"max_steps={a.steps}", f"batch_size={a.micro * a.accum}",
                                            f"max_seq_length={a.seq}", "save_steps=0", "warmup_steps=1",
@@ -266,8 +268,7 @@ def run(a) -> None:
                   else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
                   peak_kind="GPU" if torch.cuda.is_available() else "RAM",
                   device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
-    # A 4-bit weight counts its unpacked elements (as kit.models.count_parameters does; that
-    # module imports unsloth, which this process may not).
+    # A 4-bit weight counts its unpacked elements (as kit.runplan.count_parameters does).
     frozen = sum(getattr(getattr(p, "quant_state", None), "shape", p.shape).numel()
                  for p in model.parameters() if not p.requires_grad)
     # The baseline must run unpatched: importing unsloth changes transformers' classes.

@@ -231,9 +231,11 @@ def test_generate_stop_strings_through_unsloth(tiny_model_dir):
     from unsloth import FastLanguageModel
 
     from kit import models
+    from kit.choice import resolve_model
+    from kit.device import detect_device
 
-    device = models.detect_device()
-    model, tok = models.load(models.resolve_model(str(tiny_model_dir), device), 128, False)
+    device = detect_device()
+    model, tok = models.load(resolve_model(str(tiny_model_dir), device), 128, False)
     FastLanguageModel.for_inference(model)
     text = evaluate.render(tok, [{"role": "user", "content": "Write code"}], add_generation_prompt=True)
     enc = tok(text, return_tensors="pt", add_special_tokens=False).to(device)
