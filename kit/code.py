@@ -139,6 +139,7 @@ def fim_tokens_before_load(path: str, label: str, trust_remote_code: bool = Fals
                            gpu_model: str = "") -> tuple[str, str, str, str]:
     """The FIM tokens of a model's tokenizer, read with the tokenizer alone (a local folder or
     a Hub id; seconds), so a model without them fails before its weights load."""
+    import unsloth  # noqa: F401  (before transformers, so that it can patch it)
     from transformers import AutoTokenizer
 
     from kit.secrets import hub_token, redact
