@@ -123,10 +123,12 @@ class StepClock:
 def load_kit(a):
     """The kit's loader and LoRA, as the recipes run them (4-bit on a GPU)."""
     from kit import models
+    from kit.choice import ModelChoice
     from kit.config import RecipeConfig, apply_overrides
+    from kit.device import detect_device
 
-    gpu = models.detect_device().gpu
-    choice = models.ModelChoice(str(a.model), "bench model", "benchmark")
+    gpu = detect_device().gpu
+    choice = ModelChoice(str(a.model), "bench model", "benchmark")
     model, tok = models.load(choice, a.seq, load_in_4bit=gpu)
     cfg = apply_overrides(RecipeConfig(), [f"lora.r={a.rank}", f"lora.alpha={a.rank}"])
     gc = {"off": False, "on": True, "unsloth": "unsloth"}[a.gc]
@@ -156,11 +158,12 @@ def train_kit(model, tok, a, data, clock: StepClock, result: dict, batching: str
     """kit.train.train on `data`: `padded`, `padding-free` (the kit's packing=on), `packed`
     (bins of rows up to --seq tokens laid end to end, padding-free) or `auto` (the kit's own
     packing=auto choice)."""
-    from kit import models, train
+    from kit import train
     from kit.config import RecipeConfig, apply_overrides
     from kit.data import Encoded
+    from kit.device import detect_device
 
-    gpu = models.detect_device().gpu
+    gpu = detect_device().gpu
     cfg = apply_overrides(RecipeConfig(), [f"max_steps={a.steps}", f"batch_size={a.micro * a.accum}",
                                            f"max_seq_length={a.seq}", "save_steps=0", "warmup_steps=1",
                                            f"lora.r={a.rank}", f"lora.alpha={a.rank}",

@@ -31,12 +31,12 @@ from kit.ranks import LAUNCHED, SHUTDOWN_S, Stopped, in_ranks
 
 def processes(cfg, say=print) -> int:
     """How many processes this run trains in: 1 inside a rank; otherwise `nproc`, or one per
-    visible GPU when the memory plan puts the whole model on each (kit.models.parallel)."""
+    visible GPU when the memory plan puts the whole model on each (kit.gpus.parallel)."""
     if in_ranks():
         return 1
-    from kit import models
+    from kit import gpus, memory
 
-    return models.parallel(cfg, say).processes
+    return gpus.parallel(memory.Request.of(cfg), say).processes
 
 
 def as_args(cfg) -> list[str]:

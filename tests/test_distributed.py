@@ -289,13 +289,14 @@ def test_nproc_is_a_checked_key():
 ])
 def test_make_plan_says_how_the_gpus_are_used(tmp_path, capsys, card, seq, says):
     """`make plan ... gpu_memory_gib=G nproc=2` on a machine without them: two such cards."""
-    from kit import models, plan
+    from kit import plan
     from kit.config import RecipeConfig, apply_overrides
+    from kit.showplan import show_plan
 
     (tmp_path / "config.json").write_text(json.dumps({**plan.LLAMA_8B, "model_type": "llama"}))
     cfg = apply_overrides(RecipeConfig(), [f"model={tmp_path}", f"gpu_memory_gib={card}", "nproc=2",
                                            f"max_seq_length={seq}"])
-    chosen = models.show_plan(cfg)
+    chosen = show_plan(cfg)
     out = " ".join(capsys.readouterr().out.split())
     assert says in out and chosen.fits
     if "split" in says:  # planned against both cards together, which one card alone is not
@@ -303,11 +304,12 @@ def test_make_plan_says_how_the_gpus_are_used(tmp_path, capsys, card, seq, says)
 
 
 def test_a_model_too_big_for_every_card_together_stops(tmp_path):
-    from kit import models, plan
+    from kit import plan
     from kit.config import RecipeConfig, apply_overrides
     from kit.errors import KitError
+    from kit.showplan import show_plan
 
     (tmp_path / "config.json").write_text(json.dumps({**plan.LLAMA_8B, "model_type": "llama"}))
     cfg = apply_overrides(RecipeConfig(), [f"model={tmp_path}", "gpu_memory_gib=3", "nproc=2"])
     with pytest.raises(KitError, match="split over 2 GPUs"):
-        models.show_plan(cfg)
+        show_plan(cfg)
