@@ -248,12 +248,14 @@ def recipe_phase(a, gpu: bool, record: dict, save) -> None:
         "chat": [small, "eval_samples=16" if gpu else "eval_samples=4"],
         "classification": [small],
         "code": [small] + ([] if gpu else ["eval_limit=4"]) + sandbox_words(record),
-        # On CPU the small model cannot learn to close a hole in test time, so its exports (which
-        # must fill one and stop) are not made there; on a GPU they are, and checked.
-        "fim": [f"model={work / 'small-fim'}", f"data={ROOT / 'kit'}"] + ([] if gpu else ["export=none"]),
+        "fim": [f"model={work / 'small-fim'}", f"data={ROOT / 'kit'}"],
     }
+    if not gpu:  # the fim export must fill a hole and stop: a model taught for seconds cannot
+        record["recipes"]["fim"] = {"skipped": "on CPU: the small model, taught for seconds, cannot fill a "
+                                               "hole, so its export check would fail (tests/test_recipes.py "
+                                               "runs fim on CPU)", "ok": True}
     procs = {}
-    for name in RECIPES:  # all at once: small models, one card (or CPU cores) each
+    for name in RECIPES if gpu else RECIPES[:-1]:  # all at once: small models, one card (or CPU) each
         out = work / "recipes" / name
         log = open(work / f"{name}.log", "w")
         cmd = [sys.executable, str(ROOT / "recipes" / f"{name}.py"), f"output_dir={out}", *common, *per[name]]
@@ -297,9 +299,8 @@ def summarize(name: str, code, seconds: float, out: Path, log: str, gpu: bool) -
              loss_first=train.get("loss_first"), loss_last=train.get("loss_last"),
              tokens_per_second=train.get("tokens_per_second"), peak_memory_gib=train.get("peak_memory_gib"),
              optimizer="adamw_8bit" if gpu else "adamw_torch")
-    wanted = (m.get("config") or {}).get("export", "both") != "none"
     checks = {"exit 0": code == 0,
-              "exports checked": not wanted or bool(exports) and all(v is True for v in exports.values()),
+              "exports checked": bool(exports) and all(v is True for v in exports.values()),
               "training loss fell": (train.get("loss_last") or 1e9) < (train.get("loss_first") or 0)}
     if gpu:
         checks["4-bit"] = bool(plan_rec.get("load_in_4bit"))
@@ -350,6 +351,9 @@ def markdown(record: dict) -> str:
         for name in RECIPES:
             r = rec.get(name)
             if not r:
+                continue
+            if "skipped" in r:
+                lines.append(f"| {name} | skipped {r['skipped']} | | | | | | |")
                 continue
             p = r.get("memory_plan") or {}
             ba = "; ".join(f"{k} {_num(r['before'].get(k))} → {_num(r['after'].get(k))}"

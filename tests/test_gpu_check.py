@@ -19,7 +19,7 @@ def test_gpu_check_runs_on_cpu_in_reduced_form(tmp_path):
     out, md = tmp_path / "gpu-check.json", tmp_path / "gpu-check.md"
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "gpu_check.sh"), "--work", str(tmp_path / "work"), "--out", str(out),
-         "--md", str(md), "--steps", "5", "--recipe-steps", "3", "--teach-steps", "10", "--timeout", "1200"],
+         "--md", str(md), "--steps", "5", "--recipe-steps", "3", "--teach-steps", "5", "--timeout", "1200"],
         capture_output=True, text=True, timeout=2400, cwd=tmp_path)
     record = json.loads(out.read_text())
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
@@ -35,19 +35,20 @@ def test_gpu_check_runs_on_cpu_in_reduced_form(tmp_path):
         assert r["unsloth_imported"] is (r["stack"] == "kit")  # the baseline never sees unsloth
     assert runs["kit", "chat", "packed"]["rows_per_bin"] > 1  # several chat rows share a bin
 
-    for name in ("chat", "classification", "code", "fim"):
+    for name in ("chat", "classification", "code"):
         r = record["recipes"][name]
         assert r["ok"] and r["exit"] == 0, (name, r)
-        # fim's exports must fill a hole and stop, which a model taught for seconds cannot do:
-        # on CPU they are not made (export=none); every other recipe's are made and checked.
-        assert r["exports"] == ({} if name == "fim" else {"adapter": True, "merged": True}), (name, r)
+        assert r["exports"] == {"adapter": True, "merged": True}, (name, r["exports"])
         assert r["steps"] == 3 and r["loss_last"] < r["loss_first"]
         assert r["before"] and r["after"]
+    # fim's export must fill a hole and stop, which a model taught for seconds cannot: on CPU the
+    # script says so instead of running it (tests/test_recipes.py runs the fim recipe on CPU).
+    assert "cannot fill a hole" in record["recipes"]["fim"]["skipped"]
     assert record["recipes"]["model"]["loss_last"] < record["recipes"]["model"]["loss_first"]
 
     table = md.read_text()
     assert "| kit | off | 2 × 1 | chat | packed |" in table
-    assert "| fim | yes |" in table and "all ok: True" in table
+    assert "| code | yes |" in table and "| fim | skipped on CPU" in table and "all ok: True" in table
 
 
 def test_gpu_check_without_the_stack_says_what_to_do(tmp_path):
