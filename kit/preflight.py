@@ -55,12 +55,12 @@ def check_disk(output_dir: str, needed: int, mirror: str = "", mirror_needed: in
 
 
 def start(cfg) -> None:
-    """A recipe's first step: the config's values, then whether output_dir is ours to use
-    (locked for this run; what a stopped run left half-written there is removed)."""
+    """A recipe's first step: the config's values and the services the run will need, then
+    whether output_dir (and the mirror) is ours to use, locked for this run. Nothing is deleted
+    here: what this run replaces goes once every check has passed (kit.train.prepare_output)."""
     from kit import ranks
-    from kit.checkpoints import claim_output_dir, remove_stale
+    from kit.checkpoints import claim_output_dir
     from kit.config import validate
-    from kit.report import escape, say
 
     validate(cfg)
     check_services(cfg)
@@ -68,9 +68,6 @@ def start(cfg) -> None:
     # holds it already (kit.launch); the others wait until it has.
     if ranks.is_main() and not os.environ.get(ranks.LAUNCHED):
         claim_output_dir(cfg)
-        removed = remove_stale(cfg.output_dir)
-        if removed:
-            say(escape(removed))
     ranks.barrier()
 
 

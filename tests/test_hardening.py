@@ -264,6 +264,10 @@ def test_stale_temporary_folders_are_removed_and_said(tmp_path, capsys):
         (out / name / "model.safetensors").write_bytes(b"\0" * 2**20)
     (out / "merged").mkdir()  # a finished export stays
     preflight.start(cfg)
+    assert all((out / name).exists() for name in stale), "nothing goes before every check has passed"
+    from kit import train
+
+    train.prepare_output(cfg)
     said = " ".join(capsys.readouterr().out.split())
     assert "removed what an earlier run stopped mid-write left in" in said and ".merged.tmp-ab12cd" in said
     assert "0.01 GiB" in said

@@ -91,7 +91,12 @@ def test_claim_output_dir(tmp_path):
     assert checkpoints.claim_output_dir(apply_overrides(cfg, ["export=adapter"])) == "resume"
     with pytest.raises(KitError, match=r"different config \(changed: lora"):
         checkpoints.claim_output_dir(apply_overrides(cfg, ["lora.r=8"]))
-    assert checkpoints.claim_output_dir(apply_overrides(cfg, ["lora.r=8", "overwrite=true"])) == "fresh"
+    replacing = apply_overrides(cfg, ["lora.r=8", "overwrite=true"])
+    assert checkpoints.claim_output_dir(replacing) == "fresh"
+    assert (tmp_path / "run" / "checkpoints").exists()  # nothing goes until training starts
+    from kit import train
+
+    train.prepare_output(replacing)
     assert not (tmp_path / "run" / "checkpoints").exists()
     drive = tmp_path / "drive"
     mirrored = apply_overrides(cfg, [f"output_dir={tmp_path / 'a'}", f"checkpoint_mirror={drive}"])
