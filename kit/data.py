@@ -478,6 +478,60 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     )
 
 
+TEMPLATE_SECONDS = 10.0  # a real chat template renders the probe in milliseconds
+_PROBE = [{"role": "user", "content": "Hello, who are you?"},
+          {"role": "assistant", "content": "I am a model."}, {"role": "user", "content": "Thanks."}]
+
+
+def check_template(tokenizer, seconds: float | None = None) -> None:
+    """Stop in one line if the tokenizer's chat template cannot render a short conversation
+    (with and without the generation prompt) within `seconds`, e.g. nested loops in a local
+    model folder's template, which would otherwise spin for minutes before training.
+
+    The probe renders in a forked copy of this process, killed at the deadline: jinja runs in
+    the calling thread and nothing can interrupt it from outside (a timer thread cannot, and
+    a step limit inside jinja's sandbox would not stop one slow C-level operation, such as a
+    huge string repeated). The child only renders and exits, touching no GPU or lock. Where
+    the template raises an error instead, the probe passes and tokenizing says what is wrong,
+    as before. Without fork (Windows) the probe is skipped."""
+    import select
+    import signal
+
+    seconds = TEMPLATE_SECONDS if seconds is None else seconds
+    if not hasattr(os, "fork"):
+        return
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, say so, leave without running any exit handler
+        code = 1
+        try:
+            os.close(read_end)
+            render(tokenizer, _PROBE[:2])
+            render(tokenizer, _PROBE, add_generation_prompt=True)
+            code = 0
+        except BaseException:  # noqa: BLE001  (any failure is the real tokenizing's to report)
+            pass
+        finally:
+            try:
+                os.write(write_end, b"done")
+            finally:
+                os._exit(code)
+    os.close(write_end)
+    done: list = []
+    try:
+        done = select.select([read_end], [], [], seconds)[0]
+    finally:
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+    if not done:
+        name = getattr(tokenizer, "name_or_path", "") or "this model"
+        fail(f"the chat template of {name} did not render a two-turn conversation within "
+             f"{seconds:g} s (a loop that does not end?); fix the template (chat_template.jinja or "
+             "tokenizer_config.json) or choose another model")
+
+
 def _common_prefix(a: str, b: str) -> int:
     n = min(len(a), len(b))
     k = next((i for i in range(n) if a[i] != b[i]), n)

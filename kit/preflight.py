@@ -76,8 +76,9 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "t
 
 
 def check_services(cfg) -> None:
-    """What the end of the run needs from outside (a Hub token, a logger's package) is checked
-    at the start, so a missing token fails in a second rather than after training."""
+    """What the end of the run needs from outside (a Hub token that may write where push= points,
+    a logger's package) is checked at the start, so a missing token or network fails in
+    seconds rather than after training."""
     import importlib.util
 
     from kit.config import EXPORT_KINDS, loggers
@@ -93,7 +94,13 @@ def check_services(cfg) -> None:
         if missing:
             fail(f"export={cfg.export}: {missing}")
     if getattr(cfg, "push", ""):
+        from kit import ranks
         from kit.secrets import hub_token
 
-        if not hub_token():
+        token = hub_token()
+        if not token:
             fail(f"push={cfg.push} needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
+        if ranks.is_main() and not os.environ.get(ranks.LAUNCHED):  # once, not in every rank
+            from kit.hub import check_access
+
+            check_access(cfg.push, token)  # reachable, the token valid, the owner writable

@@ -102,6 +102,7 @@ def main(cfg: ClassificationConfig) -> dict:
             **plan.device_map,  # device_map="balanced" when the plan splits the layers over GPUs
         )
     models.set_pad_token(tokenizer)
+    data.check_template(tokenizer)  # a chat template that cannot render in seconds stops here
 
     # 3. Each example: the prompt (with the label list) and the label as the reply. A text too
     #    long for max_seq_length is cut at its end, never the instruction, the label list or
