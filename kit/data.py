@@ -121,20 +121,26 @@ def open_data_file(path: Path, limit: int | None = None):
     be read forever or block, and is one line instead. Opened without blocking and checked on
     the open file itself, so what is read is what was checked."""
     limit = max_data_bytes() if limit is None else limit
+
+    def check(info: os.stat_result, fd: int | None = None) -> None:
+        if stat.S_ISREG(info.st_mode):
+            return
+        if fd is not None:
+            os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            fail(f"data path {path} is a folder; pass a .jsonl, .json, .csv or .parquet file")
+        kind = next((what for test, what in _KINDS if test(info.st_mode)), "not a regular file")
+        fail(f"data path {path} is {kind}, not a file; pass a .jsonl, .json, .csv or .parquet file")
+
     try:
+        check(os.stat(path))  # a socket cannot even be opened: say what it is
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         fail(f"data file not found: {path}")
     except OSError as exc:
         fail(f"data file {str(path)[:200]} cannot be opened ({exc.strerror or exc})")
     info = os.fstat(fd)
-    kind = next((what for test, what in _KINDS if test(info.st_mode)), None)
-    if stat.S_ISDIR(info.st_mode) or kind or not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        if stat.S_ISDIR(info.st_mode):
-            fail(f"data path {path} is a folder; pass a .jsonl, .json, .csv or .parquet file")
-        fail(f"data path {path} is {kind or 'not a regular file'}, not a file; pass a .jsonl, .json, "
-             ".csv or .parquet file")
+    check(info, fd)  # what was opened, in case the path changed since
     if info.st_size > limit:
         os.close(fd)
         fail(f"{path} is {_size(info.st_size)}, over the {_size(limit)} limit for a data file (its rows "
