@@ -285,7 +285,7 @@ def _parse_csv(path: Path, f) -> list[dict]:
     # also split inside fields at \x0c, U+2028 and the like. A cell may be a whole document.
     text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
     limit = csv.field_size_limit()
-    csv.field_size_limit(max_data_bytes() + 1)
+    csv.field_size_limit(min(max_data_bytes() + 1, 2**62))  # a C long
     reader = csv.DictReader(text)
     try:
         rows = [dict(row) for row in reader]

@@ -254,7 +254,8 @@ def test_a_finished_run_trains_no_more_and_a_broken_checkpoint_is_skipped(taught
     assert "training is already complete" in said, said
     assert again["train"]["steps"] == 4 and again["train"]["tokens"] == 0, again["train"]
     assert again["train"]["losses"] == first["train"]["losses"]  # the run's curve, nothing added
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    assert [p.name for p in checkpoints.complete_checkpoints(out / "checkpoints")] == ["checkpoint-2",
+                                                                                       "checkpoint-4"]
     final = load_file(out / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors")
     exported = load_file(out / "adapter" / "adapter_model.safetensors")
     assert final.keys() == exported.keys()
