@@ -422,10 +422,9 @@ def test_planted_links_at_the_kits_temporary_names_are_not_written_through(tmp_p
 def test_two_runs_may_not_share_a_mirror(tmp_path):
     mirror = tmp_path / "drive"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from kit import checkpoints; from kit.config import "
-         "RecipeConfig, apply_overrides; checkpoints.claim_output_dir(apply_overrides(RecipeConfig(), "
-         "sys.argv[1:])); print('locked', flush=True); time.sleep(120)",
-         f"output_dir={tmp_path / 'a'}", f"checkpoint_mirror={mirror}"],
+        [sys.executable, "-c", "import sys, time; from kit import runlock; runlock.acquire(sys.argv[1]); "
+         "runlock.acquire(sys.argv[2], 'checkpoint_mirror'); print('locked', flush=True); time.sleep(120)",
+         str(tmp_path / "a"), str(mirror)],  # what another run's claim_output_dir takes
         stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         lines = iter(holder.stdout.readline, "")
