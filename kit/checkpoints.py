@@ -139,7 +139,7 @@ def claim_output_dir(cfg) -> str:
     (kit.runlock), so a second run into either stops here. A folder holding another run's
     config (or, for output_dir, files that are not a run of this kit) is refused unless
     overwrite=true. Nothing is deleted here: overwrite=true clears the earlier run's files
-    only once every check has passed, just before training (clear_for_training).
+    only once every check has passed, just before training (kit.train.prepare_output).
     """
     from kit import runlock
 
@@ -174,10 +174,9 @@ def _claim(cfg) -> str:
         found = True
         try:
             previous = json.loads(saved.read_text())
+            if not isinstance(previous, dict):
+                raise ValueError("not an object")
         except (OSError, ValueError):
-            fail(f"{saved} is unreadable; pass overwrite=true to start over, or choose another "
-                 "output_dir/checkpoint_mirror")
-        if not isinstance(previous, dict):
             fail(f"{saved} is unreadable; pass overwrite=true to start over, or choose another "
                  "output_dir/checkpoint_mirror")
         if previous != current:
