@@ -162,7 +162,7 @@ def read_sources(source: str, text_column: str, split: str = "train", subset: st
         source = str(Path(kit.__file__).parent)
     path = Path(source).expanduser()
     if path.is_dir():
-        texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(path.rglob("*.py"))]
+        texts = data.read_texts(sorted(path.rglob("*.py")))  # regular files, within the data limit
         if not texts:
             fail(f"{path}: no .py files found")
         return texts

@@ -17,6 +17,7 @@ import ast
 import dataclasses
 import inspect
 import math
+import os
 import re
 import textwrap
 import types
@@ -270,7 +271,7 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "eval_samples": (lambda v: v > 0, "a whole number above 0"),
     "eval_limit": (lambda v: v >= 0, "0 (all) or more"),
     "max_new_tokens": (lambda v: v > 0, "a whole number above 0"),
-    "exec_timeout": (lambda v: v > 0, "seconds above 0"),
+    "exec_timeout": (lambda v: 0 < v <= 600, "seconds above 0, at most 600 (10 minutes a program)"),
     "fim_per_file": (lambda v: v > 0, "a whole number above 0"),
     "lora.r": (lambda v: v > 0, "a whole number above 0 (8-64 is typical)"),
     "lora.alpha": (lambda v: v > 0, "a whole number above 0 (often equal to lora.r)"),
@@ -302,9 +303,28 @@ def target_names(target_modules: str) -> list[str]:
     return names
 
 
+# Keys that name a file or folder, and what Linux file systems accept: a path of at most 4,095
+# bytes (PATH_MAX less its NUL), each name in it at most 255 (NAME_MAX).
+PATH_KEYS = ("data", "eval_data", "output_dir", "checkpoint_mirror", "model")
+PATH_MAX, NAME_MAX = 4095, 255
+
+
+def check_path(key: str, value: str) -> None:
+    """A path too long for the file system is one line here, not a traceback where it is opened."""
+    raw = os.fsencode(os.path.expanduser(value))
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if len(raw) > PATH_MAX or longest > NAME_MAX:
+        what = (f"{len(raw):,} bytes long (at most {PATH_MAX:,})" if len(raw) > PATH_MAX
+                else f"a name of {longest:,} bytes in it (at most {NAME_MAX})")
+        fail(f"{key}={value[:40]}...: the path is too long for the file system, {what}")
+
+
 def validate(cfg: Any) -> None:
     """Choices and ranges, for configs built in Python as well as parsed from key=value."""
     hints = typing.get_type_hints(type(cfg))
+    for key in PATH_KEYS:
+        if isinstance(getattr(cfg, key, None), str):
+            check_path(key, getattr(cfg, key))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if typing.get_origin(hints[f.name]) is Literal and value not in typing.get_args(hints[f.name]):

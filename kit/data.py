@@ -9,6 +9,7 @@ Rows may carry checks for evaluation: `expect` (a regex the reply must match) an
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -16,8 +17,10 @@ import math
 import os
 import random
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 from kit import checks
 from kit.errors import KitError, fail
@@ -65,7 +68,10 @@ class Splits:
 
 def is_local(source: str) -> bool:
     path = Path(source).expanduser()
-    return path.exists() or path.suffix.lower() in FILE_SUFFIXES
+    try:
+        return path.exists() or path.suffix.lower() in FILE_SUFFIXES
+    except OSError:  # a name too long for the file system: a path, and _read_file says so
+        return True
 
 
 def read_records(source: str, split: str = "train", subset: str = "") -> list[dict]:
@@ -81,34 +87,114 @@ def hub_pick(cfg) -> dict:
     return {"subset": cfg.data_subset, "split": cfg.data_split, "eval_split": cfg.eval_split}
 
 
+GIB = 2**30
+DEFAULT_MAX_GIB = 2.0
+MAX_ENV = "KIT_MAX_DATA_GIB"
+_KINDS = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+          (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
+def max_data_bytes() -> int:
+    """The largest data file read: 2 GiB, or KIT_MAX_DATA_GIB. Its rows are held in memory as
+    Python objects (several times the file's size), so a bigger file belongs on the Hub, where
+    `datasets` maps it from disk instead."""
+    text = os.environ.get(MAX_ENV, "")
+    try:
+        gib = float(text) if text else DEFAULT_MAX_GIB
+    except ValueError:
+        fail(f"{MAX_ENV}={text!r}: expected a size in GiB, such as 4")
+    if not math.isfinite(gib) or gib <= 0:
+        fail(f"{MAX_ENV}={text!r}: expected a size in GiB above 0, such as 4")
+    return int(gib * GIB)
+
+
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} bytes"
+
+
+def open_data_file(path: Path, limit: int | None = None):
+    """`path` opened for reading as a binary file, once it is known to be a regular file (or a
+    link to one) no larger than the limit: a device such as /dev/zero, a FIFO or a socket would
+    be read forever or block, and is one line instead. Opened without blocking and checked on
+    the open file itself, so what is read is what was checked."""
+    limit = max_data_bytes() if limit is None else limit
+
+    def check(info: os.stat_result, fd: int | None = None) -> None:
+        if stat.S_ISREG(info.st_mode):
+            return
+        if fd is not None:
+            os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            fail(f"data path {path} is a folder; pass a .jsonl, .json, .csv or .parquet file")
+        kind = next((what for test, what in _KINDS if test(info.st_mode)), "not a regular file")
+        fail(f"data path {path} is {kind}, not a file; pass a .jsonl, .json, .csv or .parquet file")
+
+    try:
+        check(os.stat(path))  # a socket cannot even be opened: say what it is
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fail(f"data file not found: {path}")
+    except OSError as exc:
+        fail(f"data file {str(path)[:200]} cannot be opened ({exc.strerror or exc})")
+    info = os.fstat(fd)
+    check(info, fd)  # what was opened, in case the path changed since
+    if info.st_size > limit:
+        os.close(fd)
+        fail(f"{path} is {_size(info.st_size)}, over the {_size(limit)} limit for a data file (its rows "
+             f"are held in memory); split it, put it on the Hub, or raise the limit with {MAX_ENV}=N")
+    os.set_blocking(fd, True)
+    return _Bounded(os.fdopen(fd, "rb"), limit, path)
+
+
+class _Bounded(io.RawIOBase):
+    """A binary file that fails in one line once more than `limit` bytes were read from it (a
+    file that grows while it is read)."""
+
+    def __init__(self, f, limit: int, path: Path):
+        self.f, self.left, self.path, self.limit = f, limit, path, limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.f.readinto(buffer)
+        self.left -= n or 0
+        if self.left < 0:
+            fail(f"{self.path} grew past the {_size(self.limit)} limit for a data file while it was "
+                 f"read; raise the limit with {MAX_ENV}=N")
+        return n
+
+    def close(self) -> None:
+        self.f.close()
+        super().close()
+
+
 def _read_file(path: Path) -> list[dict]:
     """A local file's rows. Not `datasets.load_dataset("json"/"csv", data_files=...)`: that
     converts every file into an Arrow copy in the cache (disk a 20 GB Kaggle session needs for
     exports), and for a bad JSONL line (datasets 4.8.5) raises "An error occurred while
     generating the dataset", the 0-based row only in a log line; a file of a few thousand rows
-    reads in well under a second here, with `path:line` in every error."""
-    if not path.exists():
-        fail(f"data file not found: {path}")
-    if path.is_dir():
-        fail(f"data path {path} is a folder; pass a .jsonl, .json, .csv or .parquet file")
+    reads in well under a second here, with `path:line` in every error.
+
+    Read as a stream: JSONL a line at a time, CSV a row at a time, parquet a batch at a time,
+    so only the rows are held, not the file's text beside them (a JSON file is one document
+    and is parsed whole)."""
     suffix = path.suffix.lower()
     if suffix not in FILE_SUFFIXES:
+        if not os.path.lexists(path):
+            fail(f"data file not found: {path}")
+        if path.is_dir():
+            fail(f"data path {path} is a folder; pass a .jsonl, .json, .csv or .parquet file")
         fail(f"{path}: unsupported file type {suffix or '(none)'}; use .jsonl, .json, .csv or .parquet")
-    if suffix == ".parquet":
-        try:
-            import pyarrow.parquet as pq
-
-            rows = pq.read_table(path).to_pylist()
-        except Exception as exc:  # pyarrow raises several types for a broken file
-            fail(f"{path}: not a readable parquet file ({type(exc).__name__})")
-    else:
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as exc:
-            fail(f"{path}: not UTF-8 text (byte {exc.start}); re-save it as UTF-8")
-        if not text.strip():
-            fail(f"{path} is empty")
-        rows = {".jsonl": _parse_jsonl, ".json": _parse_json, ".csv": _parse_csv}[suffix](path, text)
+    with open_data_file(path) as raw:
+        f = io.BufferedReader(raw, 2**20)
+        if suffix == ".parquet":
+            rows = _parse_parquet(path, raw.f)  # pyarrow seeks: the file itself, checked above
+        else:
+            rows = {".jsonl": _parse_jsonl, ".json": _parse_json, ".csv": _parse_csv}[suffix](path, f)
     if not rows:
         fail(f"{path} holds no examples")
     for i, row in enumerate(rows, 1):
@@ -117,23 +203,69 @@ def _read_file(path: Path) -> list[dict]:
     return rows
 
 
-def _parse_jsonl(path: Path, text: str) -> list[dict]:
+def read_texts(paths: list[Path]) -> list[str]:
+    """Text files (a folder's sources), each a regular file, together within the data limit;
+    bytes that are not UTF-8 are replaced."""
+    limit, texts = max_data_bytes(), []
+    for path in paths:
+        with open_data_file(path, limit) as raw:
+            data = raw.read()
+        limit -= len(data)
+        texts.append(data.decode("utf-8", errors="replace"))
+    return texts
+
+
+def _not_utf8(path: Path, byte: int) -> NoReturn:
+    fail(f"{path}: not UTF-8 text (byte {byte}); re-save it as UTF-8")
+
+
+def _parse_parquet(path: Path, f) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+
+        rows = []
+        for batch in pq.ParquetFile(f).iter_batches():
+            rows += batch.to_pylist()
+        return rows
+    except Exception as exc:  # pyarrow raises several types for a broken file
+        fail(f"{path}: not a readable parquet file ({type(exc).__name__})")
+
+
+def _parse_jsonl(path: Path, f) -> list[dict]:
     rows = []
+    offset, blank = 0, True
     # Lines end at "\n" (or "\r\n") only: str.splitlines would also split at U+2028, U+0085
     # and other characters JSON allows raw inside a string.
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, raw in enumerate(f, 1):
+        start = 3 if lineno == 1 and raw.startswith(codecs.BOM_UTF8) else 0
+        try:
+            line = raw[start:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            _not_utf8(path, offset + start + exc.start)
+        offset += len(raw)
         if not line.strip():
             continue
+        blank = False
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             fail(f"{path}:{lineno}: malformed JSON line ({exc.msg} at column {exc.colno})")
         except RecursionError:
             fail(f"{path}:{lineno}: JSON nested too deeply to read")
+    if blank:
+        fail(f"{path} is empty")
     return rows
 
 
-def _parse_json(path: Path, text: str) -> list[dict]:
+def _parse_json(path: Path, f) -> list[dict]:
+    raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        _not_utf8(path, exc.start)
+    del raw
+    if not text.strip():
+        fail(f"{path} is empty")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -148,18 +280,25 @@ def _parse_json(path: Path, text: str) -> list[dict]:
     return data
 
 
-def _parse_csv(path: Path, text: str) -> list[dict]:
+def _parse_csv(path: Path, f) -> list[dict]:
     # The csv module finds the rows itself (quoted newlines included); str.splitlines would
     # also split inside fields at \x0c, U+2028 and the like. A cell may be a whole document.
+    text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
     limit = csv.field_size_limit()
-    csv.field_size_limit(len(text) + 1)
+    csv.field_size_limit(min(max_data_bytes() + 1, 2**62))  # a C long
+    reader = csv.DictReader(text)
     try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        return [dict(row) for row in reader]
+        rows = [dict(row) for row in reader]
     except csv.Error as exc:
         fail(f"{path}: malformed CSV ({exc})")
+    except UnicodeDecodeError:
+        fail(f"{path}: not UTF-8 text (near line {reader.line_num + 1}); re-save it as UTF-8")
     finally:
         csv.field_size_limit(limit)
+        text.detach()
+    if not rows and reader.fieldnames is None:
+        fail(f"{path} is empty")
+    return rows
 
 
 def _offline() -> bool:
@@ -343,6 +482,60 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt
     )
+
+
+TEMPLATE_SECONDS = 10.0  # a real chat template renders the probe in milliseconds
+_PROBE = [{"role": "user", "content": "Hello, who are you?"},
+          {"role": "assistant", "content": "I am a model."}, {"role": "user", "content": "Thanks."}]
+
+
+def check_template(tokenizer, seconds: float | None = None) -> None:
+    """Stop in one line if the tokenizer's chat template cannot render a short conversation
+    (with and without the generation prompt) within `seconds`, e.g. nested loops in a local
+    model folder's template, which would otherwise spin for minutes before training.
+
+    The probe renders in a forked copy of this process, killed at the deadline: jinja runs in
+    the calling thread and nothing can interrupt it from outside (a timer thread cannot, and
+    a step limit inside jinja's sandbox would not stop one slow C-level operation, such as a
+    huge string repeated). The child only renders and exits, touching no GPU or lock. Where
+    the template raises an error instead, the probe passes and tokenizing says what is wrong,
+    as before. Without fork (Windows) the probe is skipped."""
+    import select
+    import signal
+
+    seconds = TEMPLATE_SECONDS if seconds is None else seconds
+    if not hasattr(os, "fork"):
+        return
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: render, say so, leave without running any exit handler
+        code = 1
+        try:
+            os.close(read_end)
+            render(tokenizer, _PROBE[:2])
+            render(tokenizer, _PROBE, add_generation_prompt=True)
+            code = 0
+        except BaseException:  # noqa: BLE001  (any failure is the real tokenizing's to report)
+            pass
+        finally:
+            try:
+                os.write(write_end, b"done")
+            finally:
+                os._exit(code)
+    os.close(write_end)
+    done: list = []
+    try:
+        done = select.select([read_end], [], [], seconds)[0]
+    finally:
+        if not done:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+    if not done:
+        name = getattr(tokenizer, "name_or_path", "") or "this model"
+        fail(f"the chat template of {name} did not render a two-turn conversation within "
+             f"{seconds:g} s (a loop that does not end?); fix the template (chat_template.jinja or "
+             "tokenizer_config.json) or choose another model")
 
 
 def _common_prefix(a: str, b: str) -> int:

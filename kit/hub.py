@@ -325,6 +325,59 @@ def _http_error(exc: Exception, repo: str, token: str | None) -> str:
     return f"push={repo} failed: {type(exc).__name__}: {_one_line(exc, token)}"
 
 
+WHOAMI_SECONDS = 15.0  # the Hub's whoami answers in well under a second when it can be reached
+
+
+def check_access(repo: str, token: str, api: HfApi | None = None, timeout: float = WHOAMI_SECONDS) -> str:
+    """Before training, what `push=repo` will need at the end: the Hub reachable, the token
+    valid (huggingface_hub's whoami), and its owner one this token may write to (the token's
+    role is not read-only, the owner is its user or one of its organizations, where it is more
+    than a reader). A failure is one line, within `timeout` seconds whatever the network does
+    (the library's HTTP client has no timeout of its own: the call runs in a daemon thread that
+    is left behind if it hangs). Returns who the token belongs to."""
+    import threading
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        fail(f"push={repo} needs the network, but HF_HUB_OFFLINE is set: unset it to push")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:
+        try:
+            answer["info"] = api.whoami(token=token)
+        except Exception as exc:  # reported below, in one line
+            answer["error"] = exc
+
+    thread = threading.Thread(target=ask, name="kit-hub-whoami", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        fail(f"push={repo}: the Hugging Face Hub did not answer within {timeout:.0f} s; check the "
+             "network, or run without push= and push later")
+    if "error" in answer:
+        fail(_http_error(answer["error"], repo, token))
+    info = answer.get("info") or {}
+    name = str(info.get("name", ""))
+    owner = repo.split("/")[0]
+    access = (info.get("auth") or {}).get("accessToken") or {}
+    if access.get("role") == "read":
+        fail(f"push={repo}: the token of {name} is read-only; use a token with write access "
+             "(https://huggingface.co/settings/tokens)")
+    orgs = {str(o.get("name")): o for o in info.get("orgs") or [] if isinstance(o, dict)}
+    if owner != name and owner not in orgs:
+        fail(f"push={repo}: the token belongs to {name}, who is not a member of {owner}; push to "
+             f"{name}/{repo.split('/')[1]} or use a token of {owner}")
+    if owner in orgs and orgs[owner].get("roleInOrg") == "read":
+        fail(f"push={repo}: {name} may only read in the organization {owner}; ask for write access "
+             "or push to your own account")
+    return name
+
+
 def push(output_dir: Path, metrics: dict, repo: str, private: bool = False, kinds: list[str] | None = None,
          progress: Callable[[str], object] = print, api: HfApi | None = None) -> dict[str, str]:
     """Upload the exports in `output_dir` (default: every one present) and return kind → URL.

@@ -55,12 +55,12 @@ def check_disk(output_dir: str, needed: int, mirror: str = "", mirror_needed: in
 
 
 def start(cfg) -> None:
-    """A recipe's first step: the config's values, then whether output_dir is ours to use
-    (locked for this run; what a stopped run left half-written there is removed)."""
+    """A recipe's first step: the config's values and the services the run will need, then
+    whether output_dir (and the mirror) is ours to use, locked for this run. Nothing is deleted
+    here: what this run replaces goes once every check has passed (kit.train.prepare_output)."""
     from kit import ranks
-    from kit.checkpoints import claim_output_dir, remove_stale
+    from kit.checkpoints import claim_output_dir
     from kit.config import validate
-    from kit.report import escape, say
 
     validate(cfg)
     check_services(cfg)
@@ -68,9 +68,6 @@ def start(cfg) -> None:
     # holds it already (kit.launch); the others wait until it has.
     if ranks.is_main() and not os.environ.get(ranks.LAUNCHED):
         claim_output_dir(cfg)
-        removed = remove_stale(cfg.output_dir)
-        if removed:
-            say(escape(removed))
     ranks.check_shared(cfg.output_dir)  # several machines: the same folder on each
 
 
@@ -79,8 +76,9 @@ LOGGER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "t
 
 
 def check_services(cfg) -> None:
-    """What the end of the run needs from outside (a Hub token, a logger's package) is checked
-    at the start, so a missing token fails in a second rather than after training."""
+    """What the end of the run needs from outside (a Hub token that may write where push= points,
+    a logger's package) is checked at the start, so a missing token or network fails in
+    seconds rather than after training."""
     import importlib.util
 
     from kit.config import EXPORT_KINDS, loggers
@@ -96,7 +94,13 @@ def check_services(cfg) -> None:
         if missing:
             fail(f"export={cfg.export}: {missing}")
     if getattr(cfg, "push", ""):
+        from kit import ranks
         from kit.secrets import hub_token
 
-        if not hub_token():
+        token = hub_token()
+        if not token:
             fail(f"push={cfg.push} needs a Hugging Face token: set HF_TOKEN or run `hf auth login`")
+        if ranks.is_main() and not os.environ.get(ranks.LAUNCHED):  # once, not in every rank
+            from kit.hub import check_access
+
+            check_access(cfg.push, token)  # reachable, the token valid, the owner writable

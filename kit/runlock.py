@@ -4,14 +4,19 @@ when the process ends, however it ends (a crash, SIGKILL, a closed notebook).
 Two runs in one folder would train from each other's half-written checkpoints and both
 "succeed"; the second one now stops at once and says which folder is taken. The lock is
 taken after the config is checked; a run that then stops on bad input removes its lock file
-and any folder it created for it, so bad input leaves nothing behind.
+and any folder it created for it, so bad input leaves nothing behind. The lock file is opened
+without following a symbolic link (O_NOFOLLOW): a link planted at its name (a repository can
+ship one) is refused, and whatever it points to is left as it was. The checkpoint mirror is
+locked the same way, so two runs cannot share one.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,14 +37,15 @@ _HELD: dict[Path, _Held] = {}
 
 def _same_file(fd: int, path: Path) -> bool:
     try:
-        a, b = os.fstat(fd), os.stat(path)
+        a, b = os.fstat(fd), os.lstat(path)
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def acquire(output_dir: str | Path) -> None:
-    """Lock `output_dir` for this process (creating it), or fail naming the run that has it."""
+def acquire(output_dir: str | Path, key: str = "output_dir") -> None:
+    """Lock `output_dir` for this process (creating it), or fail naming the run that has it.
+    `key`: the config key the folder came from, for the messages (`checkpoint_mirror`)."""
     folder = Path(output_dir).expanduser().absolute()
     held = _HELD.get(folder)
     if held is not None:
@@ -47,7 +53,7 @@ def acquire(output_dir: str | Path) -> None:
             return  # this process (a notebook running the recipe again) holds it already
         _forget(folder)
     if folder.exists() and not folder.is_dir():
-        fail(f"output_dir {output_dir} is a file, not a folder; choose another output_dir")
+        fail(f"{key} {output_dir} is a file, not a folder; choose another {key}")
     created = []
     parent = folder
     while not parent.exists():
@@ -57,15 +63,29 @@ def acquire(output_dir: str | Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
         for _ in range(10):  # retried only when the file was replaced while we waited
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                             0o644)
+            except OSError as exc:
+                if exc.errno != errno.ELOOP:
+                    raise
+                _remove_empty(created)
+                fail(f"{key} {output_dir} holds {LOCK_FILE} as a symbolic link, which this kit never "
+                     "makes; remove that link (its target is left untouched) or choose another "
+                     f"{key}")
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                _remove_empty(created)
+                fail(f"{key} {output_dir} holds {LOCK_FILE} that is not a regular file; remove it "
+                     f"or choose another {key}")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 owner = os.read(fd, 32).decode(errors="replace").strip()
                 os.close(fd)
-                fail(f"output_dir {output_dir} is in use by another run"
+                fail(f"{key} {output_dir} is in use by another run"
                      + (f" (process {owner})" if owner.isdigit() else "")
-                     + "; wait for it to finish, or choose another output_dir")
+                     + f"; wait for it to finish, or choose another {key}")
             if _same_file(fd, lock):  # a run that just ended removes its file before unlocking
                 break
             os.close(fd)
@@ -75,8 +95,8 @@ def acquire(output_dir: str | Path) -> None:
         os.write(fd, f"{os.getpid()}\n".encode())
     except OSError as exc:
         _remove_empty(created)
-        fail(f"output_dir {output_dir} cannot be written ({exc.strerror or exc}); "
-             "choose a writable output_dir")
+        fail(f"{key} {output_dir} cannot be written ({exc.strerror or exc}); "
+             f"choose a writable {key}")
     _HELD[folder] = _Held(fd, lock, created)
 
 

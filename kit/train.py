@@ -274,33 +274,90 @@ def choose_packing(cfg, model, encoded: list[Encoded], micro_batch: int) -> tupl
     return True, f"packing {'on' if mode == 'on' else 'on (auto)'}: padding-free micro-batches; {why}"
 
 
-def resume_point(run, cfg, say=print) -> str | None:
-    """Before training: check the disk holds the checkpoints and exports; the newest complete
-    checkpoint to resume from (resume=auto), else clear old ones; record the run's config in
-    output_dir (a resumed run must be the same run)."""
-    import shutil
+def prepare_output(cfg, say=print) -> None:
+    """Once every check has passed, just before training (rank 0): what overwrite=true replaces
+    (the earlier run's checkpoints, exports, metrics, report and config, in output_dir and the
+    mirror: only what this kit wrote) or resume=never (the checkpoints) goes, and so does what
+    a stopped run left half-written; each said."""
+    from kit.report import escape
 
+    places = [(cfg.output_dir, True)] + ([(cfg.checkpoint_mirror, False)] if cfg.checkpoint_mirror else [])
+    for place, exports in places:
+        if cfg.overwrite:
+            removed = checkpoints.clear_run(place, exports)
+        elif cfg.resume == "never":
+            removed = checkpoints.clear_checkpoints(place)
+        else:
+            continue
+        if removed:
+            why = "overwrite=true" if cfg.overwrite else "resume=never"
+            say(escape(f"{why}: removed the earlier run's {', '.join(removed)} from {place}"))
+    stale = checkpoints.remove_stale(cfg.output_dir)
+    if stale:
+        say(escape(stale))
+
+
+def resume_point(run, cfg, say=print) -> str | None:
+    """Before training: clear what this run replaces (prepare_output); check the disk holds the
+    checkpoints and exports; the newest complete checkpoint that can be read to resume from
+    (resume=auto; one that cannot is moved aside and said); record the run's config in
+    output_dir (a resumed run must be the same run)."""
     from kit import preflight
 
+    if ranks.is_main():
+        prepare_output(cfg, say)
+    ranks.barrier()  # no rank looks for checkpoints while rank 0 clears them
     sizes = (run.total, run.trainable, cfg.save_total_limit, cfg.save_steps)
     need = preflight.export_bytes(cfg.export, *sizes)
     mirror_need = preflight.export_bytes("none", *sizes)  # the mirror gets checkpoints only
     say(preflight.check_disk(cfg.output_dir, need, cfg.checkpoint_mirror, mirror_need))
     resume_from = None
-    if cfg.resume == "auto":
-        resume_from, notes = checkpoints.latest(cfg.output_dir, cfg.checkpoint_mirror)
-        for note in notes:
-            say(note)
-    elif ranks.is_main():
-        shutil.rmtree(checkpoints.checkpoint_dir(cfg.output_dir), ignore_errors=True)
-    ranks.barrier()  # no rank looks for checkpoints while rank 0 clears them
+    if cfg.resume == "auto" and not cfg.overwrite:
+        if ranks.is_main():
+            for note in checkpoints.latest(cfg.output_dir, cfg.checkpoint_mirror)[1]:
+                say(note)
+            checkpoints.pick_resumable(cfg.output_dir, cfg.checkpoint_mirror, say)
+        ranks.barrier()  # rank 0 has moved aside any checkpoint that cannot be read
+        resume_from = checkpoints.latest(cfg.output_dir, cfg.checkpoint_mirror)[0]
     if resume_from is not None:
         step = checkpoints.step_of(resume_from)
         say(f"resuming from {resume_from} (step {step} of {cfg.max_steps})"
-            + ("; training is already complete" if step >= cfg.max_steps else ""))
+            + ("; training is already complete: no step is trained, its adapter is evaluated and "
+               "exported" if step >= cfg.max_steps else ""))
     if ranks.is_main():
         checkpoints.record_run_config(cfg)
     return str(resume_from) if resume_from is not None else None
+
+
+def already_trained(trainer, resume_from: str | None):
+    """What trainer.train(resume_from_checkpoint=...) returns, for a checkpoint that is already at
+    max_steps, without training: its adapter weights and trainer state loaded (as the trainer
+    loads them to resume), zero steps run, no time spent. None when steps are left. (The
+    trainer itself would run at least one more step, at learning rate 0: its loop checks for
+    the end only after a step.)"""
+    if resume_from is None:
+        return None
+    from pathlib import Path
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    state = TrainerState.load_from_json(str(Path(resume_from) / "trainer_state.json"))
+    if state.global_step < trainer.args.max_steps:
+        return None
+    weights = load_file(str(Path(resume_from) / "adapter_model.safetensors"))
+    loaded = set_peft_model_state_dict(trainer.model, weights)
+    if getattr(loaded, "unexpected_keys", None):
+        from kit.errors import fail
+
+        fail(f"checkpoint {resume_from} holds weights this model lacks "
+             f"({loaded.unexpected_keys[0]}, ...); pass overwrite=true to train again")
+    trainer.state = state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    return TrainOutput(state.global_step, sum(losses) / len(losses) if losses else 0.0,
+                       {"train_runtime": 0.0})
 
 
 def packing_for(run, cfg, model, encoded: list[Encoded], say=print):

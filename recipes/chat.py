@@ -91,6 +91,7 @@ def main(cfg: ChatConfig) -> dict:
             **plan.device_map,  # device_map="balanced" when the plan splits the layers over GPUs
         )
     models.set_pad_token(tokenizer)
+    data.check_template(tokenizer)  # a chat template that cannot render in seconds stops here
 
     # 3. Tokenize through the model's chat template; loss on assistant replies only.
     train_enc, notes = data.encode_all(tokenizer, splits.train, cfg.max_seq_length, "train")
@@ -133,7 +134,7 @@ def main(cfg: ChatConfig) -> dict:
         callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
     )
     train.quiet(trainer)
-    stats = trainer.train(resume_from_checkpoint=resume_from)
+    stats = train.already_trained(trainer, resume_from) or trainer.train(resume_from_checkpoint=resume_from)
     result = train.result_of(trainer, stats, resume_from, rows=len(train_enc))
 
     # 7. Evaluate after training, on the same held-out prompts.

@@ -102,6 +102,7 @@ def main(cfg: ClassificationConfig) -> dict:
             **plan.device_map,  # device_map="balanced" when the plan splits the layers over GPUs
         )
     models.set_pad_token(tokenizer)
+    data.check_template(tokenizer)  # a chat template that cannot render in seconds stops here
 
     # 3. Each example: the prompt (with the label list) and the label as the reply. A text too
     #    long for max_seq_length is cut at its end, never the instruction, the label list or
@@ -151,7 +152,7 @@ def main(cfg: ClassificationConfig) -> dict:
         callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
     )
     train.quiet(trainer)
-    stats = trainer.train(resume_from_checkpoint=resume_from)
+    stats = train.already_trained(trainer, resume_from) or trainer.train(resume_from_checkpoint=resume_from)
     result = train.result_of(trainer, stats, resume_from, rows=len(train_enc))
 
     # 7. Evaluate after training.

@@ -106,6 +106,7 @@ def main(cfg: CodeConfig) -> dict:
             **plan.device_map,  # device_map="balanced" when the plan splits the layers over GPUs
         )
     models.set_pad_token(tokenizer)
+    data.check_template(tokenizer)  # a chat template that cannot render in seconds stops here
 
     # 3. Tokenize through the chat template; loss on the answer.
     train_enc, notes = data.encode_all(tokenizer, splits.train, cfg.max_seq_length, "train")
@@ -158,7 +159,7 @@ def main(cfg: CodeConfig) -> dict:
         callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
     )
     train.quiet(trainer)
-    stats = trainer.train(resume_from_checkpoint=resume_from)
+    stats = train.already_trained(trainer, resume_from) or trainer.train(resume_from_checkpoint=resume_from)
     result = train.result_of(trainer, stats, resume_from, rows=len(train_enc))
 
     # 7. Evaluate after training, on the same problems.

@@ -171,7 +171,7 @@ def main(cfg: FimConfig) -> dict:
         callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
     )
     train.quiet(trainer)
-    stats = trainer.train(resume_from_checkpoint=resume_from)
+    stats = train.already_trained(trainer, resume_from) or trainer.train(resume_from_checkpoint=resume_from)
     result = train.result_of(trainer, stats, resume_from, rows=len(train_enc))
 
     # 7. Evaluate after training, on the same holes.

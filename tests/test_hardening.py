@@ -49,6 +49,14 @@ CASES = {
     "gpu_memory_gib infinite": ("chat", GOOD, ["gpu_memory_gib=inf"], "gpu_memory_gib=inf: expected"),
     "batch_size 0": ("chat", GOOD, ["batch_size=0"], "batch_size=0 is out of range"),
     "code: exec_timeout negative": ("code", None, ["exec_timeout=-1"], "exec_timeout=-1.0 is out of range"),
+    "code: exec_timeout 1e10": ("code", None, ["exec_timeout=1e10"],
+                                "exec_timeout=10000000000.0 is out of range"),
+    "data path of 5,000 characters": ("chat", None, ["data={tmp}/" + "d" * 5000 + ".jsonl"],
+                                      "the path is too long for the file system"),
+    "output_dir of 5,000 characters": ("chat", GOOD, ["output_dir={tmp}/" + "o/" * 2500],
+                                       "the path is too long for the file system, 5,"),
+    "output_dir name of 300 characters": ("chat", GOOD, ["output_dir={tmp}/" + "o" * 300],
+                                          "a name of 300 bytes in it (at most 255)"),
     "code: eval_limit negative": ("code", None, ["eval_limit=-5"], "eval_limit=-5 is out of range"),
     "fim: fim_per_file 0": ("fim", None, ["fim_per_file=0"], "fim_per_file=0 is out of range"),
     # Data.
@@ -102,7 +110,9 @@ def test_bad_input_fails_before_the_model_loads(case, tmp_path, capsys):
         out.mkdir()
         (out / checkpoints.RUN_CONFIG).write_text("{half")
     before = sorted(p.name for p in out.iterdir()) if out.is_dir() else None
-    args = [a.format(tmp=tmp_path, model=tmp_path / "model") for a in args] + [f"output_dir={out}"]
+    args = [a.format(tmp=tmp_path, model=tmp_path / "model") for a in args]
+    if not any(a.startswith("output_dir=") for a in args):
+        args.append(f"output_dir={out}")
     started = time.perf_counter()
     try:
         code = run_cli(recipe(recipe_name).cli, args)
@@ -246,6 +256,10 @@ def test_stale_temporary_folders_are_removed_and_said(tmp_path, capsys):
         (out / name / "model.safetensors").write_bytes(b"\0" * 2**20)
     (out / "merged").mkdir()  # a finished export stays
     preflight.start(cfg)
+    assert all((out / name).exists() for name in stale), "nothing goes before every check has passed"
+    from kit import train
+
+    train.prepare_output(cfg)
     said = " ".join(capsys.readouterr().out.split())
     assert "removed what an earlier run stopped mid-write left in" in said and ".merged.tmp-ab12cd" in said
     assert "0.01 GiB" in said
@@ -286,3 +300,123 @@ def test_sigterm_says_where_to_resume_and_a_second_run_is_refused(tiny_model_dir
     assert errors[0].startswith(f"error: stopped by SIGTERM; the last complete checkpoint is {checkpoint}")
     assert errors[0].endswith("; run the same command again to resume") and "Traceback" not in err
     assert not (out / runlock.LOCK_FILE).exists()
+
+
+# ---------------------------------------------------------------- a refused run changes nothing
+
+
+def _tree(folder) -> dict:
+    """Every file under `folder` with its bytes (links as their target), to compare before/after."""
+    return {str(p.relative_to(folder)): (os.readlink(p) if p.is_symlink() else
+                                         p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+def _earlier_run(out, cfg):
+    """What a finished run of the kit leaves in `out`, plus another tool's files beside it."""
+    checkpoints.record_run_config(cfg)
+    for step in (2, 4):
+        ckpt = out / "checkpoints" / f"checkpoint-{step}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "adapter_model.safetensors").write_bytes(b"weights")
+        (ckpt / checkpoints.MARKER).write_text(json.dumps({"step": step}))
+    (out / "checkpoints" / "checkpoint-6").mkdir()  # cut off mid-save: trainer files only
+    (out / "checkpoints" / "checkpoint-6" / "optimizer.pt").write_bytes(b"half")
+    (out / "checkpoints" / "notes-of-another-tool.txt").write_text("keep me")
+    (out / "checkpoints" / "checkpoint-8").mkdir()  # not a trainer's: a file of its own
+    (out / "checkpoints" / "checkpoint-8" / "mine.txt").write_text("keep me too")
+    (out / "adapter").mkdir()
+    (out / "adapter" / "adapter_config.json").write_text("{}")
+    (out / "merged").mkdir()
+    (out / "merged" / "config.json").write_text("{}")
+    (out / "metrics.json").write_text("{}")
+    (out / "report.png").write_bytes(b"png")
+    (out / "my-notes.md").write_text("not the kit's")
+    (out / "data").mkdir()
+    (out / "data" / "train.jsonl").write_text("not the kit's either")
+
+
+def test_overwrite_with_a_typo_changes_nothing(tmp_path, capsys):
+    """overwrite=true and a data file that does not exist: refused, and every file of the
+    earlier run (output_dir and mirror) is still there, byte for byte."""
+    out, mirror = tmp_path / "proj", tmp_path / "drive"
+    cfg = apply_overrides(recipe("chat").ChatConfig(), [f"output_dir={out}", f"checkpoint_mirror={mirror}"])
+    _earlier_run(out, cfg)
+    (mirror / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (mirror / "checkpoints" / "checkpoint-4" / checkpoints.MARKER).write_text("{}")
+    before_out, before_mirror = _tree(out), _tree(mirror)
+    code = run_cli(recipe("chat").cli, [f"output_dir={out}", f"checkpoint_mirror={mirror}", "overwrite=true",
+                                        f"data={tmp_path / 'typo.jsonl'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error: ") == 1 and "data file not found" in err, err
+    assert _tree(out) == before_out and _tree(mirror) == before_mirror
+
+
+def test_overwrite_removes_only_what_the_kit_wrote_and_says_so(tmp_path):
+    from kit import train
+
+    out, mirror = tmp_path / "proj", tmp_path / "drive"
+    cfg = apply_overrides(RecipeConfig(), [f"output_dir={out}", f"checkpoint_mirror={mirror}",
+                                           "overwrite=true"])
+    _earlier_run(out, cfg)
+    (mirror / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    (mirror / "checkpoints" / "checkpoint-4" / checkpoints.MARKER).write_text("{}")
+    (mirror / "other.txt").write_text("keep")
+    said = []
+    train.prepare_output(cfg, said.append)
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert left == ["checkpoints", "checkpoints/checkpoint-8", "checkpoints/checkpoint-8/mine.txt",
+                    "checkpoints/notes-of-another-tool.txt", "data", "data/train.jsonl", "my-notes.md"]
+    assert sorted(str(p.relative_to(mirror)) for p in mirror.rglob("*")) == ["other.txt"]
+    text = " ".join(said)
+    for name in ("checkpoints/checkpoint-2", "checkpoints/checkpoint-6", "adapter/", "merged/",
+                 "metrics.json", "report.png", "run_config.json"):
+        assert name in text, text
+    assert "my-notes" not in text and str(mirror) in text
+
+
+def test_a_planted_lock_link_leaves_its_target_intact(tmp_path, capsys):
+    """A repository can ship outputs/chat/.kit-run.lock as a link to a file of the user's."""
+    target = tmp_path / "precious.txt"
+    target.write_text("do not truncate me")
+    out = tmp_path / "outputs" / "chat"
+    out.mkdir(parents=True)
+    (out / runlock.LOCK_FILE).symlink_to(target)
+    for data_file in (tmp_path / "typo.jsonl", write_jsonl(tmp_path / "d.jsonl", GOOD)):
+        code = run_cli(recipe("chat").cli, [f"output_dir={out}", f"data={data_file}"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("error: ") == 1, err
+        assert f"{runlock.LOCK_FILE} as a symbolic link" in err, err
+        assert target.read_text() == "do not truncate me"
+        assert (out / runlock.LOCK_FILE).is_symlink()
+
+
+def test_planted_links_at_the_kits_temporary_names_are_not_written_through(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".{checkpoints.RUN_CONFIG}.tmp-{os.getpid()}").symlink_to(target)
+    checkpoints.record_run_config(RecipeConfig(output_dir=str(out)))
+    assert target.read_text() == "keep" and json.loads((out / checkpoints.RUN_CONFIG).read_text())
+
+
+def test_two_runs_may_not_share_a_mirror(tmp_path):
+    mirror = tmp_path / "drive"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from kit import runlock; runlock.acquire(sys.argv[1]); "
+         "runlock.acquire(sys.argv[2], 'checkpoint_mirror'); print('locked', flush=True); time.sleep(120)",
+         str(tmp_path / "a"), str(mirror)],  # what another run's claim_output_dir takes
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        lines = iter(holder.stdout.readline, "")
+        assert any(line.strip() == "locked" for line in lines), "the first run never locked its folders"
+        cfg = apply_overrides(RecipeConfig(), [f"output_dir={tmp_path / 'b'}", f"checkpoint_mirror={mirror}"])
+        with pytest.raises(KitError, match=rf"checkpoint_mirror {mirror} is in use by another run"):
+            checkpoints.claim_output_dir(cfg)
+        assert not (tmp_path / "b").exists(), "the output_dir locked first is let go again"
+    finally:
+        holder.kill()
+        holder.wait()
+    assert checkpoints.claim_output_dir(cfg) == "fresh"
+    runlock.release()

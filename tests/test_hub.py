@@ -359,3 +359,92 @@ def test_missing_export(api, tmp_path, capsys):
     code, _, err = _exit(capsys, lambda: hub.push(tmp_path, _metrics(), REPO, kinds=["merged"], api=api))
     assert code == 2 and "no merged export" in err
     assert not api.calls
+
+
+# ---------------------------------------------------------------- before training: can we push?
+
+
+class WhoamiHub(RecordingHub):
+    """Answers whoami as the Hub does (huggingface_hub's dict), or hangs like a dead network."""
+
+    def __init__(self, answer: dict | None = None, hang: bool = False, **kw):
+        super().__init__(**kw)
+        self.answer, self.hang = answer, hang
+
+    def whoami(self, token=None, **kwargs) -> dict:
+        import threading
+
+        self._call(f"{self.endpoint}/api/whoami-v2")
+        if self.hang:
+            threading.Event().wait(60)
+        return self.answer
+
+
+def _whoami(name="alice", role="write", orgs=()):
+    return {"type": "user", "name": name, "orgs": [{"name": o, "roleInOrg": r} for o, r in orgs],
+            "auth": {"type": "access_token", "accessToken": {"displayName": "kit", "role": role}}}
+
+
+@pytest.fixture
+def online(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
+@pytest.mark.parametrize(("answer", "repo", "expect"), [
+    (_whoami(role="read"), REPO, "the token of alice is read-only"),
+    (_whoami(name="bob"), REPO, "the token belongs to bob, who is not a member of alice"),
+    (_whoami(name="bob", orgs=[("alice", "read")]), REPO, "bob may only read in the organization alice"),
+])
+def test_push_that_cannot_write_fails_before_training(online, answer, repo, expect):
+    from kit.errors import KitError
+
+    with pytest.raises(KitError, match=expect):
+        hub.check_access(repo, TOKEN, api=WhoamiHub(answer))
+
+
+def test_push_access_that_is_fine(online):
+    assert hub.check_access(REPO, TOKEN, api=WhoamiHub(_whoami())) == "alice"
+    member = WhoamiHub(_whoami(name="bob", orgs=[("alice", "write")]))
+    assert hub.check_access(REPO, TOKEN, api=member) == "bob"
+
+
+def test_push_to_a_hub_that_does_not_answer_fails_in_bounded_time(online):
+    import time
+
+    from kit.errors import KitError
+
+    started = time.perf_counter()
+    with pytest.raises(KitError, match="did not answer within 1 s"):
+        hub.check_access(REPO, TOKEN, api=WhoamiHub(hang=True), timeout=1)
+    assert time.perf_counter() - started < 5
+    api = WhoamiHub(status=401, error="Invalid credentials in Authorization header")
+    with pytest.raises(KitError, match=r"rejected the token \(401\)"):
+        hub.check_access(REPO, TOKEN, api=api)
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_push_without_network_fails_before_training(offline, tmp_path, capsys, monkeypatch):
+    """This machine has no route to the Hub (real DNS, real HTTP client); with HF_HUB_OFFLINE
+    the library's own guard. One line in seconds, before the data is read or anything written."""
+    import time
+
+    from huggingface_hub import constants
+
+    from kit.recipe import recipe
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    code = run_cli(recipe("chat").cli, [f"push={REPO}", f"output_dir={out}",
+                                        f"data={tmp_path / 'typo.jsonl'}"])
+    seconds = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    expect = ("needs the network, but HF_HUB_OFFLINE is set" if offline
+              else "cannot reach the Hugging Face Hub")
+    assert err.startswith(f"error: push={REPO}") and expect in err, err
+    assert "data file not found" not in err and not out.exists()  # before the data, before the folder
+    assert seconds < 20 and TOKEN not in err
