@@ -82,10 +82,19 @@ _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
         "MKL_NUM_THREADS": "1"}
 
 
+def printable(text: str) -> str:
+    """`text` with every control or format character (terminal escapes, newlines, bidi
+    overrides) written as its Python escape, so the program's words cannot drive a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 @dataclass
 class Outcome:
     passed: bool
     reason: str  # "passed", "failed: AssertionError ...", "timeout", "memory", ...
+
+    def __post_init__(self):  # the reason may quote the program: escaped before anyone shows it
+        self.reason = printable(str(self.reason))
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class Isolation:
     strict: bool
     line: str  # one line for the console and metrics.json
     missing: str = ""  # why strict isolation is unavailable
+    usable: bool = True  # False: neither mode can run code here (`line` says why)
 
 
 def _python_folders() -> list[str]:
@@ -100,6 +110,10 @@ def _python_folders() -> list[str]:
     found = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
                                             sys.base_exec_prefix)}
     found.add(os.path.dirname(os.path.dirname(exe)))
+    # site-packages folders that a .pth file adds (a venv layered on another), not the others
+    # on sys.path (an editable install would add the whole repository)
+    found.update(os.path.realpath(p) for p in sys.path
+                 if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p))
     return sorted(p for p in found if p not in ("/", os.path.expanduser("~")))
 
 
@@ -217,7 +231,8 @@ def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: 
                "cpu_seconds": int(timeout) + 1, "timeout": timeout, "token": token,
                "code": code, "tests": tests, "exe": sys.executable, "harness": _HARNESS,
                "env": dict(_ENV, HOME=work, TMPDIR=work + "/tmp"), "worker_id": worker,
-               "nproc": 1 if worker else 3}  # counted per user namespace: supervisor, init, code
+               "nproc": 1 if worker else 3,  # counted per user namespace: supervisor, init, code
+               "seccomp_dir": _module_dir("pyseccomp")}
         try:
             proc.stdin.write(json.dumps(cfg).encode())
             proc.stdin.close()
@@ -248,25 +263,39 @@ def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: 
     return _verdict(result, token)
 
 
+def _module_dir(name: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    return os.path.dirname(spec.origin) if spec and spec.origin else ""
+
+
 def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: int) -> Outcome:
+    """One process confined by the kernel (see `_fallback_probe` and sandbox_jail._confine)."""
     token = secrets.token_hex(16)
     deadline = time.monotonic() + timeout + GRACE
+    fallback = _fallback_probe()
+    if fallback["missing"]:
+        return Outcome(False, f"sandbox error: {fallback['missing']}")
     with tempfile.TemporaryDirectory(prefix="kit-sandbox-") as work:
         work = os.path.realpath(work)
+        os.chmod(work, 0o755)  # readable by nobody; nothing in it is writable by the program
         Path(work, "program.py").write_text(code + "\n\n" + tests + "\n")
-        os.mkdir(os.path.join(work, "tmp"))
         verdict_r, verdict_w = os.pipe()
         rlimits = {"RLIMIT_AS": memory_mb * 2**20, "RLIMIT_CPU": int(timeout) + 1,
                    "RLIMIT_FSIZE": disk_mb * 2**20, "RLIMIT_NOFILE": 64, "RLIMIT_CORE": 0}
         payload = {"token": token, "code": code, "tests": tests, "verdict_fd": verdict_w,
                    "best_effort": True, "work": work, "rlimits": rlimits,
-                   "readable": [p for p in _binds() if not p.startswith("/etc")]}
-        env = dict(_ENV, HOME=work, TMPDIR=os.path.join(work, "tmp"))
+                   "landlock": fallback["landlock"] > 0,
+                   "readable": [*_binds(), *(f"/dev/{d}" for d in ("null", "zero", "urandom"))]}
+        env = dict(_ENV, HOME=work, TMPDIR=work)
+        user = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if fallback["user"] == NOBODY else {}
+        payload["drop_root"] = fallback["user"] == 0  # root, but without any capability
         try:
             proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", _HARNESS], cwd=work, env=env,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, pass_fds=(verdict_w,),
-                                    start_new_session=True)
+                                    start_new_session=True, **user)
         except OSError as exc:
             os.close(verdict_r)
             os.close(verdict_w)
@@ -281,7 +310,6 @@ def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk
             except BrokenPipeError:
                 pass
             fds = {proc.stdout.fileno(): out, verdict_r: verdict}
-            # Stop when the program has exited, even if something it left holds the pipes.
             finished = _read_bounded(fds, {proc.stdout.fileno(): 8192, verdict_r: 4096},
                                      lambda: proc.poll() is not None,
                                      min(deadline, time.monotonic() + timeout))
@@ -293,12 +321,56 @@ def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk
     if timed_out:
         return Outcome(False, "timeout")
     rc = proc.returncode
-    result = {"verdict": verdict.decode("latin-1"), "output": out.decode("utf-8", "replace")[-2048:]}
+    output = out.decode("utf-8", "replace")[-2048:]
+    if rc == 70 and "sandbox setup:" in output:  # the confinement itself failed: nothing ran
+        return Outcome(False, "sandbox error: " + output.split("sandbox setup:")[-1].strip()[:200])
+    result = {"verdict": verdict.decode("utf-8", "replace"), "output": output}
     if rc is not None and rc < 0:
         result.update(status="signal", signal=-rc)
     else:
         result.update(status="exit", code=rc)
     return _verdict(result, token)
+
+
+def _others_can_read(path: str) -> bool:
+    """Whether a user with no claim on `path` (nobody) can reach and read it."""
+    path = os.path.realpath(path)
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        folder = "/".join(parts[:i]) or "/"
+        if not os.stat(folder).st_mode & 0o001:
+            return False
+    return bool(os.stat(path).st_mode & 0o004)
+
+
+@functools.lru_cache(maxsize=1)
+def _fallback_probe() -> dict:
+    """What best-effort mode has here: libseccomp (required), Landlock's ABI (0: none), and the
+    user the program runs as (None: the caller's own; NOBODY; 0: root without capabilities,
+    when the caller is root and Python lives where nobody cannot read it, e.g. under /root)."""
+    import ctypes.util
+
+    def lacking(why):
+        return {"missing": why, "landlock": 0, "user": None}
+
+    if sys.platform != "linux":
+        return lacking(f"seccomp needs Linux (this is {sys.platform})")
+    if not _module_dir("pyseccomp") or not _module_dir("landlockpy"):
+        return lacking("the Python packages pyseccomp and landlockpy are not installed "
+                       "(requirements/stack.txt)")
+    if ctypes.util.find_library("seccomp") is None:
+        return lacking("libseccomp is not installed (apt-get install libseccomp2)")
+    import landlockpy
+
+    abi = landlockpy.abi_version()  # 0: none
+    user = None
+    if os.geteuid() == 0:
+        needed = [sys.executable, *_python_folders(), _module_dir("pyseccomp"), _module_dir("landlockpy")]
+        user = NOBODY if all(_others_can_read(p) for p in needed) else 0
+        if user == 0 and not abi:
+            return lacking("the kit runs as root, Python lives where nobody cannot read it "
+                           f"({os.path.realpath(sys.executable)}) and the kernel has no Landlock")
+    return {"missing": "", "landlock": abi, "user": user}
 
 
 @functools.lru_cache(maxsize=1)
@@ -310,17 +382,34 @@ def _strict_probe() -> str:
     return "" if out.passed else out.reason.removeprefix("sandbox error: ")
 
 
-def isolation(memory_mb: int = 512, disk_mb: int = DISK_MB) -> Isolation:
-    """What this machine gives, as one line, and whether it is strict."""
-    missing = "switched off (KIT_SANDBOX=best-effort)" if FORCE_BEST_EFFORT \
-        else _strict_probe()
+def isolation(memory_mb: int = 512, disk_mb: int = DISK_MB, mode: str = "auto") -> Isolation:
+    """What this machine gives, as one line, and whether it is strict. `mode="best-effort"`
+    describes the fallback even where strict isolation works."""
+    if FORCE_BEST_EFFORT:
+        missing = "switched off (KIT_SANDBOX=best-effort)"
+    elif mode == "best-effort":
+        missing = "not asked for (best-effort)"
+    else:
+        missing = _strict_probe()
     if not missing:
         return Isolation(True, f"sandbox: strict — user, mount, PID and network namespaces, "
                                f"read-only system and Python only, {disk_mb} MiB private tmpfs, "
-                               f"one process of at most {memory_mb} MiB, no capabilities")
-    return Isolation(False, f"sandbox: best-effort — {missing}; a separate process with memory, "
-                            "CPU and file limits and Python-level blocks on network, processes and "
-                            "files that C code can bypass (weaker than strict)", missing)
+                               f"one process of at most {memory_mb} MiB (seccomp refuses memfd, "
+                               "shared memory and new namespaces), no capabilities")
+    missing = printable(missing)
+    fallback = _fallback_probe()
+    if fallback["missing"]:
+        return Isolation(False, f"sandbox: none — strict: {missing}; best-effort: "
+                                f"{fallback['missing']}", missing, usable=False)
+    who = {None: "your own user", NOBODY: "nobody (uid 65534)",
+           0: "root without capabilities"}[fallback["user"]]
+    reads = (f"Landlock ABI {fallback['landlock']}: reads only the system and Python's folders"
+             if fallback["landlock"] else f"no Landlock: it reads whatever {who} can read")
+    return Isolation(False, f"sandbox: best-effort — {missing}; one process as {who} of at most "
+                            f"{memory_mb} MiB, CPU and open-file limits; seccomp: no exec, child "
+                            "process, socket, ptrace, memfd or shared memory, no file written "
+                            f"anywhere, signals only to itself; {reads}; host namespaces shared "
+                            "(weaker than strict)", missing)
 
 
 def describe() -> str:
@@ -336,6 +425,10 @@ def check(mode: str) -> str:
 
         fail(f"sandbox=strict: strict isolation is unavailable here ({iso.missing}); "
              "sandbox=best-effort runs generated code anyway with weaker isolation")
+    if not iso.usable:
+        from kit.errors import fail
+
+        fail(f"sandbox={mode}: generated code cannot run here ({iso.line.removeprefix('sandbox: ')})")
     return iso.line
 
 
@@ -344,19 +437,26 @@ def is_strict() -> bool:
 
 
 def run_program(source: str, timeout: float = 5.0, memory_mb: int = 512, *, tests: str = "",
-                disk_mb: int = DISK_MB) -> Outcome:
+                disk_mb: int = DISK_MB, mode: str = "auto") -> Outcome:
     """Run `source` (then `tests`) as a Python program in the sandbox. It passes when the tests
-    ran to their end without an exception: see the module docstring for how that is judged."""
-    if isolation().strict:
+    ran to their end without an exception: see the module docstring for how that is judged.
+    `mode`: "auto" (strict where the machine allows it, else best-effort), "strict" or
+    "best-effort" (the fallback, even where strict works)."""
+    if mode not in ("auto", "strict", "best-effort"):
+        raise ValueError(f"mode must be auto, strict or best-effort, not {mode!r}")
+    iso = isolation(memory_mb, disk_mb, mode)
+    if iso.strict:
         return _run_strict(source, tests, timeout, memory_mb, disk_mb)
+    if mode == "strict":
+        return Outcome(False, f"sandbox error: strict isolation is unavailable ({iso.missing})")
     return _run_best_effort(source, tests, timeout, memory_mb, disk_mb)
 
 
 def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 512, *,
-              disk_mb: int = DISK_MB) -> Outcome:
+              disk_mb: int = DISK_MB, mode: str = "auto") -> Outcome:
     """Run a candidate solution followed by its tests (plain asserts)."""
-    return run_program(code, timeout, memory_mb, tests=tests, disk_mb=disk_mb)
+    return run_program(code, timeout, memory_mb, tests=tests, disk_mb=disk_mb, mode=mode)
 
 
 __all__ = ["Outcome", "Isolation", "run_program", "run_tests", "describe", "check", "is_strict",
-           "isolation"]
+           "isolation", "printable"]

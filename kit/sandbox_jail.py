@@ -7,7 +7,9 @@ supervise()  strict mode. Enters new user, mount, network, PID, IPC and UTS name
              starts the worker with limits and no capabilities, and reports one JSON line.
 harness()    the worker: reads the program, its tests and the verdict token from stdin, runs
              them, and writes `token + verdict` on the verdict descriptor. Also used alone in
-             best-effort mode, where it applies its own limits and Python-level guards.
+             best-effort mode, where, before the program runs, it confines itself with the
+             kernel's own tools: resource limits, Landlock (pip `landlockpy`) and a seccomp filter
+             (libseccomp through pip `pyseccomp`). See `seccomp_filter` for the rules.
 """
 
 import json
@@ -189,6 +191,9 @@ def _start_worker(cfg, ctypes, libc, payload_r, verdict_w, out_w):
                              (resource.RLIMIT_NPROC, cfg["nproc"])):
             resource.setrlimit(limit, (value, value))
         _drop_privileges(cfg, ctypes, libc)
+        import pyseccomp
+
+        seccomp_filter(pyseccomp, os.getpid(), fallback=False).load()  # kept across execve
         exe = cfg["exe"]
         os.execve(exe, [exe, "-I", "-B", "-c", cfg["harness"]], cfg["env"])
     except BaseException as exc:
@@ -201,6 +206,10 @@ def _init(cfg, ctypes, libc, alive):
     if select.select([alive], [], [], 0)[0]:
         os._exit(1)  # it died before that was set
     os.close(alive)
+    # Loaded now, while the host's files are visible and /sbin/ldconfig can still run (ctypes
+    # finds libseccomp with it); the worker loads its filter just before it starts Python.
+    sys.path.append(cfg["seccomp_dir"])
+    import pyseccomp  # noqa: F401
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # the worker may not read our memory
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGALRM, signal.SIGQUIT, signal.SIGPIPE):
@@ -272,7 +281,7 @@ def _init(cfg, ctypes, libc, alive):
         result = {"status": "signal", "signal": os.WTERMSIG(status)}
     else:
         result = {"status": "exit", "code": os.WEXITSTATUS(status)}
-    result.update(verdict=verdict.decode("latin-1"), output=tail.decode("utf-8", "replace"),
+    result.update(verdict=verdict.decode("utf-8", "replace"), output=tail.decode("utf-8", "replace"),
                   seconds=round(time.monotonic() - started, 3))
     os.write(1, json.dumps(result).encode() + b"\n")
     os._exit(0)  # PID 1 exits: the kernel kills whatever the program left behind
@@ -299,7 +308,11 @@ def harness():
     os.close(null)
     token, verdict_fd = payload.pop("token"), payload["verdict_fd"]
     if payload.get("best_effort"):
-        _best_effort_limits(payload)
+        try:
+            _confine(payload)
+        except BaseException as exc:  # noqa: BLE001 - fail closed: nothing runs unconfined
+            write(2, f"sandbox setup: {type(exc).__name__}: {exc}\n".encode())
+            exit_now(70)
 
     def report(reason):
         if type(reason) is not str:
@@ -319,7 +332,7 @@ def harness():
         report(f"failed: SyntaxError: {exc.msg} (line {exc.lineno})")
     saved_builtins = dict(builtins.__dict__)
     helpers = {"_kit_eq_": _make_check(program_file, True), "_kit_ne_": _make_check(program_file, False)}
-    _guard(payload)
+    _guard()
     try:
         exec(code, glob)
         builtins.__dict__.clear()
@@ -388,22 +401,12 @@ def _make_check(program_file, equal):
     return check
 
 
-def _guard(payload):
+def _guard():
     """Refuse the interpreter's ways to other frames' locals, to raw memory and to tracing.
     Python's audit hooks are not a security boundary (see kit/sandbox.py's docstring)."""
     blocked = {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
                "sys._current_exceptions", "sys.settrace", "sys.setprofile", "code.__new__"}
     frame_attrs = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}
-    best_effort = bool(payload.get("best_effort"))
-    work = payload.get("work", "")
-    readable = tuple(payload.get("readable", ()))
-    spawn = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-             "subprocess.Popen", "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill")
-    paths = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.symlink",
-             "os.link", "os.truncate", "os.utime", "shutil.rmtree", "shutil.copyfile", "os.chdir")
-
-    def inside(path, roots):
-        return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
     def hook(event, args):
         if event in blocked:
@@ -414,34 +417,92 @@ def _guard(payload):
             raise AttributeError(f"{args[1]} is disabled in the sandbox")
         if event == "import" and str(args[0]).split(".")[0] in ("ctypes", "_ctypes"):
             raise ImportError("ctypes is disabled in the sandbox")
-        if not best_effort:
-            return
-        if event.startswith("socket."):
-            raise OSError("network access is disabled in the sandbox")
-        if event.startswith(spawn):
-            raise OSError(f"{event} is disabled in the sandbox")
-        if event == "open" or event in paths:
-            target = args[0]
-            if isinstance(target, int) or target is None:
-                return
-            path = os.path.realpath(os.fsdecode(target))
-            if inside(path, [work]):
-                return
-            flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
-            writing = event != "open" or (isinstance(args[1], str) and any(c in args[1] for c in "wax+")) \
-                or (isinstance(args[2], int) and args[2] & flags)
-            if writing or not inside(path, readable) or inside(path, ["/proc"]):
-                raise PermissionError(f"{path}: outside the sandbox folder")
 
     sys.addaudithook(hook)
 
 
-def _best_effort_limits(payload):
+# ---------------------------------------------------------------- kernel confinement
+
+# Syscalls that hold memory outside RLIMIT_AS (memfd pages, SysV and POSIX shared memory,
+# message queues, io_uring, keyrings), reach other processes (ptrace and friends) or make new
+# namespaces and mounts (a new user namespace could mount a tmpfs of any size). Refused in both
+# modes. Strict mode is one process already; the filter keeps it so in best-effort mode too.
+ALWAYS_DENIED = (
+    "memfd_create", "memfd_secret", "shmget", "shmat", "msgget", "mq_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "add_key", "request_key", "keyctl",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd",
+    "pidfd_send_signal", "process_madvise", "perf_event_open", "bpf", "unshare", "setns",
+    "mount", "umount2", "pivot_root", "chroot", "fsopen", "fsmount", "fsconfig", "fspick",
+    "move_mount", "open_tree", "mount_setattr", "fork", "vfork", "setsid", "setpgid",
+    "migrate_pages", "move_pages", "open_by_handle_at", "name_to_handle_at",
+)
+# Best-effort mode only (strict mode has namespaces, and a private tmpfs to write in): no
+# program started, no socket of any kind, no file or folder created, changed or removed anywhere.
+FALLBACK_DENIED = (
+    "execve", "execveat", "socket", "socketpair", "creat", "mkdir", "mkdirat", "mknod", "mknodat",
+    "rename", "renameat", "renameat2", "unlink", "unlinkat", "rmdir", "link", "linkat", "symlink",
+    "symlinkat", "truncate", "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown",
+    "lchown", "fchownat", "utime", "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr",
+    "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "acct", "swapon", "quotactl",
+)
+FIRST_UNNAMED = 454  # newer syscalls than this libseccomp may name: ENOSYS (same numbers on
+LAST_SYSCALL = 511   # x86_64 and aarch64 from 424 on), so a new kernel adds no way around
+
+
+def seccomp_filter(sc, pid, fallback):
+    """The seccomp filter (libseccomp: it also refuses other ABIs, i386 and x32, on x86_64).
+    Everything else is allowed; each refused call fails with EPERM (ENOSYS for clone3, whose
+    flags a filter cannot read, so that threads fall back to clone)."""
+    import errno
+
+    f = sc.SyscallFilter(sc.ALLOW)
+    deny, nosys = sc.ERRNO(errno.EPERM), sc.ERRNO(errno.ENOSYS)
+    for name in ALWAYS_DENIED + (FALLBACK_DENIED if fallback else ()):
+        f.add_rule(deny, name)
+    f.add_rule(nosys, "clone3")
+    f.add_rule(nosys, "openat2")  # its flags are behind a pointer
+    for nr in range(FIRST_UNNAMED, LAST_SYSCALL + 1):
+        f.add_rule(nosys, nr)
+    # clone only for threads (CLONE_THREAD set): no child process, so nothing outlives the run.
+    f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, 0x00010000, 0))
+    # Signals only to itself; limits, priorities and scheduling only its own.
+    for name in ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        f.add_rule(deny, name, sc.Arg(0, sc.NE, pid))
+    for name in ("prlimit64", "setpriority", "sched_setaffinity", "sched_setscheduler",
+                 "sched_setparam", "sched_setattr", "ioprio_set"):
+        arg = 1 if name in ("setpriority", "ioprio_set") else 0
+        f.add_rule(deny, name, sc.Arg(arg, sc.NE, 0))  # 0: the caller itself
+    if fallback:  # files open for reading only
+        for name, arg in (("open", 1), ("openat", 2)):
+            for flag in (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC):
+                f.add_rule(deny, name, sc.Arg(arg, sc.MASKED_EQ, flag, flag))
+    return f
+
+
+def _confine(payload):
+    """Best-effort mode, in the worker before the program runs (it runs as nobody when the kit
+    runs as root: kit/sandbox.py starts it so): limits, then Landlock, then seccomp."""
     import resource
 
+    import pyseccomp  # before the limits: ctypes finds libseccomp by running ldconfig
+
+    if payload.get("drop_root"):  # no capabilities now or later; files: Landlock decides
+        ctypes, libc = _libc()
+        _drop_privileges({"worker_id": 0}, ctypes, libc)
     for name, value in payload["rlimits"].items():
-        limit = getattr(resource, name)
-        try:
-            resource.setrlimit(limit, (value, value))
-        except (ValueError, OSError):
-            pass
+        resource.setrlimit(getattr(resource, name), (value, value))
+    if payload.get("landlock"):
+        import landlockpy as ll
+
+        # Every access right this kernel knows is handled, so refused unless granted below:
+        # reading the system and Python's folders. Signals and abstract Unix sockets are
+        # scoped to this process (ABI 6 on; seccomp refuses both anyway).
+        with ll.Ruleset(scoped=ll.Scope.SIGNAL | ll.Scope.ABSTRACT_UNIX_SOCKET) as rules:
+            for path in payload["readable"] + [payload["work"]]:
+                if os.path.isdir(path):
+                    rules.allow_path(path, ll.AccessFS.READ_FILE | ll.AccessFS.READ_DIR
+                                     | ll.AccessFS.EXECUTE)
+                elif os.path.exists(path):
+                    rules.allow_path(path, ll.AccessFS.READ_FILE)
+            rules.restrict()  # also sets no_new_privs
+    seccomp_filter(pyseccomp, os.getpid(), fallback=True).load()

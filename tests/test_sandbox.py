@@ -266,6 +266,7 @@ def test_best_effort_says_it_is_weaker_and_strict_refuses(best_effort):
     assert not sandbox.is_strict()
     line = sandbox.describe()
     assert line.startswith("sandbox: best-effort") and "weaker" in line, line
+    assert "seccomp: no exec" in line and ("Landlock ABI" in line or "no Landlock" in line), line
     with pytest.raises(KitError, match="sandbox=best-effort runs generated code anyway"):
         sandbox.check("strict")
     assert sandbox.check("best-effort") == line
@@ -288,3 +289,115 @@ def test_strict_wherever_the_machine_allows_namespaces():
     allowed = subprocess.run(["unshare", "-Urnmpf", "true"], capture_output=True).returncode == 0
     if allowed and os.environ.get("KIT_SANDBOX") != "best-effort":
         assert sandbox.is_strict(), line  # no silent fall back to the weaker mode
+
+
+# The one-line escape from the old best-effort mode (a Python audit hook): `subprocess` asks
+# `sys.audit` from Python code, so rebinding it let a shell run with the caller's rights. Each
+# program below tries the direct way first, then that shell; the fallback must refuse both.
+ESCAPE = "import os, signal, socket, subprocess, sys\nsys.audit = lambda *a: None\n"
+
+
+def shell(command: str) -> str:
+    return f"subprocess.run(['/bin/bash', '-c', {command!r}], check=True, timeout=5)\n"
+
+
+def test_best_effort_no_program_runs(best_effort):
+    out = attack(ESCAPE + shell("exit 0"))
+    assert "PermissionError" in out.reason, out
+    attack(ESCAPE + "os.execv('/bin/true', ['true'])")
+
+
+def test_best_effort_cannot_read_root_only_files_or_the_token(best_effort, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_secret_for_test")
+    for path in ("/etc/shadow", "/proc/self/environ", f"/proc/{os.getpid()}/environ"):
+        attack(ESCAPE + f"try:\n    text = open({path!r}).read()\nexcept OSError:\n"
+               f"    text = subprocess.run(['cat', {path!r}], capture_output=True, check=True).stdout\n"
+               "assert text")
+    attack(ESCAPE + "assert 'hf_fake' in repr(os.environ)")
+    attack(ESCAPE + "try:\n    text = open(f'/proc/{os.getppid()}/environ').read()\nexcept OSError:\n"
+           "    text = subprocess.run(['cat', f'/proc/{os.getppid()}/environ'], capture_output=True,"
+           " text=True).stdout\nassert 'hf_fake' in text")
+
+
+def test_best_effort_no_outbound_connection(best_effort):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        attack(ESCAPE + f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+               f"except OSError:\n    {shell(f'exec 3<>/dev/tcp/127.0.0.1/{port}')}")
+        attack(ESCAPE + "import _socket\n_socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)")
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_best_effort_cannot_move_or_make_files_anywhere(best_effort, tmp_path):
+    src, dst = tmp_path / "kept.txt", tmp_path / "moved.txt"
+    src.write_text("x")
+    attack(ESCAPE + f"try:\n    os.rename({str(src)!r}, {str(dst)!r})\n"
+           f"except OSError:\n    {shell(f'mv {src} {dst}')}")
+    attack(ESCAPE + f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')")
+    attack(ESCAPE + "open('/dev/shm/kit-sandbox-test', 'w').write('x')")
+    assert src.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
+    assert not os.path.exists("/dev/shm/kit-sandbox-test")
+
+
+def test_best_effort_cannot_signal_a_host_process(best_effort):
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        attack(ESCAPE + f"try:\n    os.kill({sleeper.pid}, signal.SIGKILL)\n"
+               f"except OSError:\n    {shell(f'kill -9 {sleeper.pid}')}")
+        attack(ESCAPE + "os.kill(-1, signal.SIGKILL)\nassert False")
+        time.sleep(0.2)
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_best_effort_leaves_no_daemon(best_effort):
+    marker = f"kit-daemon-{uuid.uuid4().hex}"
+    sandbox.run_tests(ESCAPE + f"subprocess.Popen(['/bin/sh', '-c', 'sleep 30; : {marker}'], "
+                      "start_new_session=True)\n", "assert True", timeout=2)
+    sandbox.run_tests(DAEMON.format(marker=marker, tail=""), "assert True", timeout=2)
+    time.sleep(0.2)
+    assert _alive(marker) == []
+
+
+def test_best_effort_runs_ordinary_code_and_the_mode_argument_forces_it():
+    assert sandbox.run_tests("def f(x):\n    return sorted(x)", "assert f([2, 1]) == [1, 2]",
+                             mode="best-effort").passed
+    assert "best-effort" in sandbox.isolation(mode="best-effort").line
+    # the fallback writes no file at all; strict code has its private tmpfs
+    assert not sandbox.run_program("open('x', 'w').write('x')", mode="best-effort").passed
+    if sandbox.is_strict():
+        assert sandbox.run_program("open('x', 'w').write('x')").passed
+
+
+# Memory that RLIMIT_AS does not count: memfd pages (written, never mapped), 10 x 64 MiB here.
+MEMFD = ("import os\nfds = []\nfor _ in range(10):\n    fd = os.memfd_create('x')\n"
+         "    for _ in range(64):\n        os.write(fd, b'x' * 2**20)\n    fds.append(fd)\n"
+         "assert len(fds) == 10")
+
+
+@strict_only
+def test_memfd_counts_against_the_memory_limit_strict():
+    attack(MEMFD)
+
+
+def test_memfd_counts_against_the_memory_limit_best_effort(best_effort):
+    attack(MEMFD)
+    attack("import multiprocessing.shared_memory as sm\nsm.SharedMemory(create=True, size=2**30)")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_failure_reasons_cannot_drive_the_terminal(force, monkeypatch):
+    monkeypatch.setattr(sandbox, "FORCE_BEST_EFFORT", force)
+    osc52 = "\\x1b]52;c;" + "aGVsbG8=" + "\\x07"  # a clipboard write, as the program writes it
+    out = attack(f"raise ValueError('{osc52}\\u202e\\r\\nnext line')")
+    assert not any(not c.isprintable() for c in out.reason), repr(out.reason)
+    assert "\\x1b]52" in out.reason and "\\u202e" in out.reason, out.reason
