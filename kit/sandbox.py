@@ -23,8 +23,12 @@ Kaggle; not inside Docker's default seccomp profile). What each guarantee rests 
   everything the code started (daemons included). The caller kills the whole tree at
   `timeout` + a few seconds whatever happens, and reads at most a few KB from it.
 - budget: RLIMIT_NPROC counted in the sandbox's own user namespace: the code is one process
-  with no children and no threads, so RLIMIT_AS (`memory_mb`) bounds its total memory and
-  the tmpfs bounds its disk; CPU seconds, open files and core dumps are limited too.
+  with no children and no threads, so RLIMIT_AS (`memory_mb`) bounds its memory and the tmpfs
+  (`disk_mb`, apart from `memory_mb`) its files; CPU seconds, open files and core dumps are
+  limited too. Memory that RLIMIT_AS does not count is refused by a seccomp filter the worker
+  loads before it starts Python (sandbox_jail.ALWAYS_DENIED): memfd, SysV and POSIX shared
+  memory, message queues, io_uring, keyrings, and new namespaces or mounts (a nested user
+  namespace could mount a tmpfs of any size).
 - environment: the code gets a fixed, minimal environment; the parent's is never passed and,
   with no /proc, cannot be read.
 
@@ -47,12 +51,32 @@ during the tests can rebind the test's globals, `__eq__` can be borrowed from a 
 `assert x` trusts `bool(x)`). This affects the pass@1 number only; it does not weaken the
 isolation above, which the kernel enforces.
 
-Best-effort (no user namespaces, e.g. Docker's default seccomp): a separate process in its own
-session and temporary folder with the same memory, CPU, file-size and open-file limits, a
-minimal environment, and the harness's audit hook also refusing sockets (`_socket` included),
-process creation and signals, and file access outside that folder and Python's own. Code that
-reaches C (a compiled extension, or memory tricks) can bypass those Python-level blocks, so
-this mode is weaker and `describe()` says so; the recipe refuses it unless `sandbox=best-effort`.
+Best-effort (no user namespaces, e.g. Docker's default seccomp; `mode="best-effort"` or
+KIT_SANDBOX=best-effort forces it): one process, confined by the kernel before the program
+runs, never by Python-level checks (an audit hook was what this mode used to rest on; one
+line, `sys.audit = lambda *a: None` then `subprocess`, got around it):
+- user: nobody (65534) when the kit runs as root (`Popen(user=, group=, extra_groups=[])`);
+  root with every capability dropped (as in strict mode) where Python itself lives where
+  nobody cannot read it (a pyenv under /root), and then only if Landlock is there.
+- seccomp (libseccomp, through `pyseccomp`; sandbox_jail.seccomp_filter): no execve, no child
+  process (clone only for threads), no socket of any kind, no file or folder created, opened
+  for writing, renamed, removed or re-permissioned anywhere, signals only to itself, no
+  ptrace, plus everything refused in strict mode (memfd, shared memory, namespaces, ...).
+- Landlock (`landlockpy`, where the kernel has it: 5.13 on): reads only the system folders,
+  Python's own folders, three /dev nodes and the program's folder; everything else refused,
+  /proc, home and the Hub token included. Without Landlock it reads whatever its user can.
+- limits and environment as in strict mode; the parent's environment is never passed.
+What stays weaker than strict: the host's PID, network and mount namespaces are shared (the
+code cannot use them, but the kernel surface is larger), and without Landlock files are
+guarded only by their permissions. `describe()` says which of these hold on this machine.
+
+Why these libraries: libseccomp is what Docker, systemd and podman build their filters with
+(it also refuses the i386 and x32 system call tables on x86_64, which a hand-written filter
+easily forgets) and is installed on every Debian/Ubuntu system; pyseccomp is a small ctypes
+binding with the official bindings' API. landlockpy has no dependencies, checks results
+correctly and knows ABIs 1 to 11 (the older `landlock` package treats a stale errno as a
+failure). bubblewrap and nsjail need the user namespaces (or setuid/root mounts) that this
+mode exists to do without.
 """
 
 from __future__ import annotations

@@ -481,7 +481,8 @@ def seccomp_filter(sc, pid, fallback):
 
 def _confine(payload):
     """Best-effort mode, in the worker before the program runs (it runs as nobody when the kit
-    runs as root: kit/sandbox.py starts it so): limits, then Landlock, then seccomp."""
+    runs as root: kit/sandbox.py starts it so): limits, then Landlock, then seccomp. Why these
+    libraries rather than our own code: kit/sandbox.py's docstring."""
     import resource
 
     import pyseccomp  # before the limits: ctypes finds libseccomp by running ldconfig
