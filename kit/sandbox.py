@@ -81,6 +81,7 @@ mode exists to do without.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -100,6 +101,7 @@ WORKER_UID = 1000  # inside the sandbox's user namespace, when the caller is roo
 NOBODY = 65534
 FORCE_BEST_EFFORT = os.environ.get("KIT_SANDBOX") == "best-effort"  # tests flip this
 _SOURCE = (Path(__file__).with_name("sandbox_jail.py")).read_text()
+STOPPED = "failed: the program stopped answering"  # sandbox_jail.STOPPED
 _HARNESS = _SOURCE + "\nharness()\n"
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
         "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
@@ -226,7 +228,8 @@ def _verdict(result: dict, token: str) -> Outcome:
     return Outcome(False, f"failed: {lines[-1][:200]}")
 
 
-def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: int) -> Outcome:
+def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: int,
+                role: str | None = None, rpc: tuple[int, ...] = ()) -> Outcome:
     token = secrets.token_hex(16)
     deadline = time.monotonic() + timeout + GRACE
     root = tempfile.mkdtemp(prefix="kit-sandbox-")
@@ -235,10 +238,13 @@ def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: 
             [sys.executable, "-I", "-S", "-B", "-c", _SOURCE + "\nsupervise()\n"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/", close_fds=True,
-            start_new_session=True)
+            start_new_session=True, pass_fds=rpc)
     except OSError as exc:
         os.rmdir(root)
         return Outcome(False, f"sandbox error: could not start: {exc}")
+    finally:
+        for fd in rpc:  # the sandbox's own now: EOF reaches the other side when it ends
+            os.close(fd)
     out, err = bytearray(), bytearray()
     try:
         ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
@@ -256,7 +262,7 @@ def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: 
                "code": code, "tests": tests, "exe": sys.executable, "harness": _HARNESS,
                "env": dict(_ENV, HOME=work, TMPDIR=work + "/tmp"), "worker_id": worker,
                "nproc": 1 if worker else 3,  # counted per user namespace: supervisor, init, code
-               "seccomp_dir": _module_dir("pyseccomp")}
+               "seccomp_dir": _module_dir("pyseccomp"), "role": role, "rpc": list(rpc)}
         try:
             proc.stdin.write(json.dumps(cfg).encode())
             proc.stdin.close()
@@ -294,12 +300,15 @@ def _module_dir(name: str) -> str:
     return os.path.dirname(spec.origin) if spec and spec.origin else ""
 
 
-def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: int) -> Outcome:
+def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: int,
+                     role: str | None = None, rpc: tuple[int, ...] = ()) -> Outcome:
     """One process confined by the kernel (see `_fallback_probe` and sandbox_jail._confine)."""
     token = secrets.token_hex(16)
     deadline = time.monotonic() + timeout + GRACE
     fallback = _fallback_probe()
     if fallback["missing"]:
+        for fd in rpc:
+            os.close(fd)
         return Outcome(False, f"sandbox error: {fallback['missing']}")
     with tempfile.TemporaryDirectory(prefix="kit-sandbox-") as work:
         work = os.path.realpath(work)
@@ -310,7 +319,7 @@ def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk
                    "RLIMIT_FSIZE": disk_mb * 2**20, "RLIMIT_NOFILE": 64, "RLIMIT_CORE": 0}
         payload = {"token": token, "code": code, "tests": tests, "verdict_fd": verdict_w,
                    "best_effort": True, "work": work, "rlimits": rlimits,
-                   "landlock": fallback["landlock"] > 0,
+                   "landlock": fallback["landlock"] > 0, "role": role, "rpc": list(rpc),
                    "readable": [*_binds(), *(f"/dev/{d}" for d in ("null", "zero", "urandom"))]}
         env = dict(_ENV, HOME=work, TMPDIR=work)
         user = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if fallback["user"] == NOBODY else {}
@@ -318,12 +327,15 @@ def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk
         try:
             proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", _HARNESS], cwd=work, env=env,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, pass_fds=(verdict_w,),
+                                    stderr=subprocess.STDOUT, pass_fds=(verdict_w, *rpc),
                                     start_new_session=True, **user)
         except OSError as exc:
             os.close(verdict_r)
             os.close(verdict_w)
             return Outcome(False, f"sandbox error: could not start: {exc}")
+        finally:
+            for fd in rpc:
+                os.close(fd)
         os.close(verdict_w)
         out, verdict = bytearray(), bytearray()
         timed_out = False
@@ -478,8 +490,36 @@ def run_program(source: str, timeout: float = 5.0, memory_mb: int = 512, *, test
 
 def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 512, *,
               disk_mb: int = DISK_MB, mode: str = "auto") -> Outcome:
-    """Run a candidate solution followed by its tests (plain asserts)."""
-    return run_program(code, timeout, memory_mb, tests=tests, disk_mb=disk_mb, mode=mode)
+    """Run a candidate solution against its tests (Python with at least one `assert`).
+
+    Two sandboxes side by side, each with `timeout` and `memory_mb`: the candidate (the code,
+    without the tests or any token) and the judge (the tests and the verdict token, without the
+    code). The tests call the candidate's functions through two pipes and get plain data back
+    (exact builtin types, rebuilt by the judge), so the verdict is decided where the candidate's
+    code cannot reach: see sandbox_jail's "verdicts" section. A task with no tests is refused."""
+    import ast
+
+    try:
+        if not any(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(tests))):
+            return Outcome(False, "refused: the task has no tests (no assert statement)")
+    except SyntaxError as exc:
+        return Outcome(False, f"refused: the tests do not compile: {exc.msg} (line {exc.lineno})")
+    if mode not in ("auto", "strict", "best-effort"):
+        raise ValueError(f"mode must be auto, strict or best-effort, not {mode!r}")
+    iso = isolation(memory_mb, disk_mb, mode)
+    if not iso.strict and mode == "strict":
+        return Outcome(False, f"sandbox error: strict isolation is unavailable ({iso.missing})")
+    run = _run_strict if iso.strict else _run_best_effort
+    to_program_r, to_program_w = os.pipe()
+    to_judge_r, to_judge_w = os.pipe()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        program = pool.submit(run, code, "", timeout, memory_mb, disk_mb, "candidate",
+                              (to_program_r, to_judge_w))
+        verdict = run("", tests, timeout, memory_mb, disk_mb, "judge", (to_judge_r, to_program_w))
+        program = program.result()
+    if verdict.reason == STOPPED and program.reason.startswith(("memory", "timeout", "killed", "sandbox")):
+        return Outcome(False, program.reason)  # why the program stopped answering
+    return verdict
 
 
 __all__ = ["Outcome", "Isolation", "run_program", "run_tests", "describe", "check", "is_strict",

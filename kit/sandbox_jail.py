@@ -70,6 +70,8 @@ def supervise():
         except BaseException as exc:  # setup failed: one line for the parent
             os.write(2, f"sandbox setup: {type(exc).__name__}: {exc}\n".encode())
             os._exit(70)
+    for fd in cfg.get("rpc", ()):  # the worker's; EOF must come when it ends
+        os.close(fd)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     _, status = os.waitpid(pid, 0)
@@ -175,11 +177,16 @@ def _start_worker(cfg, ctypes, libc, payload_r, verdict_w, out_w):
     if pid:
         return pid
     try:
+        import fcntl
+
+        rpc = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in cfg.get("rpc", ())]
         os.dup2(payload_r, 0)
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
         os.dup2(verdict_w, VERDICT_FD)
-        os.closerange(VERDICT_FD + 1, 65536)
+        for i, fd in enumerate(rpc):  # the judge's pipes: 4 and 5
+            os.dup2(fd, VERDICT_FD + 1 + i)
+        os.closerange(VERDICT_FD + 1 + len(rpc), 65536)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()
@@ -221,10 +228,11 @@ def _init(cfg, ctypes, libc, alive):
     verdict_r, verdict_w = os.pipe()
     out_r, out_w = os.pipe()
     worker = _start_worker(cfg, ctypes, libc, payload_r, verdict_w, out_w)
-    for fd in (payload_r, verdict_w, out_w):
+    for fd in (payload_r, verdict_w, out_w, *cfg.get("rpc", ())):
         os.close(fd)
     payload = json.dumps({"token": cfg["token"], "code": cfg["code"], "tests": cfg["tests"],
-                          "verdict_fd": VERDICT_FD, "work": cfg["work"]}).encode()
+                          "verdict_fd": VERDICT_FD, "work": cfg["work"], "role": cfg.get("role"),
+                          "rpc": [VERDICT_FD + 1, VERDICT_FD + 2] if cfg.get("rpc") else []}).encode()
     for fd in (payload_w, verdict_r, out_r):
         os.set_blocking(fd, False)
     deadline = time.monotonic() + cfg["timeout"]
@@ -323,6 +331,11 @@ def harness():
         finally:
             exit_now(0)
 
+    if payload.get("role") == "judge":
+        report(_judge(payload))
+    if payload.get("role") == "candidate":
+        _serve(payload, exit_now)
+
     program_file = os.path.join(payload["work"], "program.py")
     glob = {"__name__": "__main__", "__builtins__": builtins, "__file__": program_file}
     try:
@@ -419,6 +432,319 @@ def _guard():
             raise ImportError("ctypes is disabled in the sandbox")
 
     sys.addaudithook(hook)
+
+
+# ---------------------------------------------------------------- verdicts: judge and candidate
+#
+# run_tests() runs two sandboxes side by side: the candidate (the program alone, no tests, no
+# token) and the judge (the tests and the token, no program code). The tests call the
+# program's functions through two pipes; what comes back is plain data (exact builtin types,
+# rebuilt by the judge from JSON), so every comparison, `in`, `and`, `abs(x - y) < e` or bare
+# `assert` runs on the judge's own objects, in a process the program cannot reach.
+
+MAX_MESSAGE = 4 << 20  # bytes in one answer
+PLAIN = (type(None), bool, int, float, str)
+STOPPED = "failed: the program stopped answering"
+FIXED_REASONS = ("memory", "timeout", "exited before the tests ran to the end")
+
+
+class _NotPlain(TypeError):
+    pass
+
+
+def _encode(value, convert=None, refs=None, depth=0):
+    """JSON for plain data (exact builtin types only); `convert` may turn other values into
+    plain ones (the candidate's side: numpy); `refs` maps judge-side handles to their ids."""
+    t = type(value)
+    if depth > 100:
+        raise _NotPlain("nested more than 100 deep")
+    if t in PLAIN:
+        return value
+    if t is list:
+        return [_encode(v, convert, refs, depth + 1) for v in value]
+    if t in (tuple, set, frozenset):
+        return {"t": t.__name__, "v": [_encode(v, convert, refs, depth + 1) for v in value]}
+    if t is dict:
+        return {"t": "dict", "v": [[_encode(k, convert, refs, depth + 1),
+                                    _encode(v, convert, refs, depth + 1)] for k, v in value.items()]}
+    if t is bytes:
+        return {"t": "bytes", "v": value.hex()}
+    if t is complex:
+        return {"t": "complex", "v": [value.real, value.imag]}
+    if refs is not None and t is _Remote:
+        return {"t": "ref", "v": refs(value)}
+    if convert is not None:
+        return _encode(convert(value), None, refs, depth + 1)
+    raise _NotPlain(f"a {t.__name__} is not plain data")
+
+
+def _decode(j, refs=None, depth=0):
+    """The judge's objects from JSON: only exact builtin types come out (`refs`: the
+    candidate's side, which may also receive its own objects back)."""
+    t = type(j)
+    if depth > 100:
+        raise ValueError("nested more than 100 deep")
+    if t in PLAIN:
+        return j
+    if t is list:
+        return [_decode(v, refs, depth + 1) for v in j]
+    if t is dict and type(j.get("t")) is str:
+        kind, v = j["t"], j.get("v")
+        if kind in ("tuple", "set", "frozenset") and type(v) is list:
+            items = [_decode(x, refs, depth + 1) for x in v]
+            return {"tuple": tuple, "set": set, "frozenset": frozenset}[kind](items)
+        if kind == "dict" and type(v) is list:
+            return {_decode(k, refs, depth + 1): _decode(x, refs, depth + 1) for k, x in v}
+        if kind == "bytes" and type(v) is str:
+            return bytes.fromhex(v)
+        if kind == "complex" and type(v) is list and len(v) == 2:
+            return complex(float(v[0]), float(v[1]))
+        if kind == "ref" and refs is not None:
+            return refs[v]
+    raise ValueError("not plain data")
+
+
+class _Conn:
+    """Newline-delimited JSON over two pipes."""
+
+    def __init__(self, rfd, wfd):
+        self.r, self.w = os.fdopen(rfd, "rb"), wfd
+
+    def send(self, obj):
+        data = (json.dumps(obj) + "\n").encode()
+        while data:
+            data = data[os.write(self.w, data):]
+
+    def recv(self):
+        line = self.r.readline(MAX_MESSAGE + 1)
+        if not line.endswith(b"\n"):
+            raise EOFError("the program stopped answering")
+        return json.loads(line)
+
+
+class _Remote:
+    """The judge's stand-in for an object that lives in the program (a function, an instance):
+    it can be called, and its attributes, items, length and iteration asked for; comparing it,
+    hashing it or asking its truth refuses, since only plain data is judged."""
+
+    __slots__ = ("_conn", "_ref", "_kind")
+
+    def __init__(self, conn, ref, kind):
+        self._conn, self._ref, self._kind = conn, ref, kind
+
+    def _ask(self, op, **fields):
+        conn = self._conn
+        conn.send(dict(fields, op=op, ref=self._ref))
+        return _answer(conn, conn.recv())
+
+    def __call__(self, *args, **kwargs):
+        sent = [_encode(a, refs=_ref_of) for a in args]
+        conn = self._conn
+        conn.send({"op": "call", "ref": self._ref, "args": sent,
+                   "kwargs": {str(k): _encode(v, refs=_ref_of) for k, v in kwargs.items()}})
+        reply = conn.recv()
+        after = reply.get("after") if type(reply) is dict else None
+        if type(after) is list and len(after) == len(args):  # the function changed its arguments
+            for arg, new in zip(args, after):
+                try:
+                    new = _decode(new)
+                except (ValueError, TypeError):
+                    continue
+                if type(arg) is list and type(new) is list:
+                    arg[:] = new
+                elif type(arg) in (dict, set) and type(new) is type(arg):
+                    arg.clear()
+                    arg.update(new)
+        return _answer(conn, reply)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._ask("attr", name=name)
+
+    def __iter__(self):
+        return self._ask("iter")
+
+    def __next__(self):
+        return self._ask("next")
+
+    def __len__(self):
+        return self._ask("len")
+
+    def __getitem__(self, key):
+        return self._ask("getitem", key=_encode(key, refs=_ref_of))
+
+    def _refuse(self, *_):
+        raise AssertionError(f"compared a {self._kind} object the program made, where a plain value "
+                             "was expected")
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __hash__ = __contains__ = _refuse
+
+    def __repr__(self):
+        return f"<{self._kind} from the program>"
+
+
+def _ref_of(remote):
+    return remote._ref
+
+
+def _answer(conn, reply):
+    if type(reply) is not dict:
+        raise RuntimeError("the program answered something else")
+    if "value" in reply:
+        return _decode(reply["value"])
+    if type(reply.get("ref")) is int:
+        return _Remote(conn, reply["ref"], str(reply.get("kind"))[:60])
+    if reply.get("stop") is True:
+        raise StopIteration
+    if type(reply.get("raise")) is str:
+        import builtins
+
+        name, message = reply["raise"][:60], str(reply.get("message"))[:200]
+        cls = getattr(builtins, name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, Warning):
+            raise cls(message)
+        raise RuntimeError(f"{name}: {message}")
+    raise RuntimeError("the program answered something else")
+
+
+def _free_names(ast, tree):
+    """Names the tests use but never bind: what they expect from the program."""
+    import builtins
+
+    loads, bound = set(), set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            (loads if isinstance(n.ctx, ast.Load) else bound).add(n.id)
+        elif isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(n.name)
+        elif isinstance(n, ast.arg):
+            bound.add(n.arg)
+        elif isinstance(n, ast.alias):
+            bound.add((n.asname or n.name).split(".")[0])
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            bound.add(n.name)
+    return sorted(loads - bound - set(dir(builtins)))
+
+
+def _judge(payload):
+    """Run the tests against the program's answers; the reason (only "passed" if they all ran)."""
+    import ast
+    import builtins
+
+    conn = _Conn(*payload["rpc"])
+    try:
+        tree = ast.parse(payload["tests"])
+        tests = compile(tree, "tests", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return f"failed: the tests do not compile: {exc.msg} (line {exc.lineno})"
+    try:
+        first = conn.recv()
+    except (EOFError, ValueError):
+        return STOPPED
+    if type(first) is not dict or first.get("ready") is not True:
+        said = first.get("failed") if type(first) is dict else None
+        said = said[:300] if type(said) is str else "the program did not start"
+        return said if said in FIXED_REASONS else "failed: " + said
+    glob = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        for name in _free_names(ast, tree):
+            conn.send({"op": "get", "name": name})
+            try:
+                glob[name] = _answer(conn, conn.recv())
+            except (NameError, AttributeError, KeyError):
+                pass  # not defined by the program: a NameError where the tests use it
+        exec(tests, glob)
+        return "passed"
+    except EOFError:
+        return STOPPED
+    except MemoryError:
+        return "memory"
+    except SystemExit:
+        return "exited before the tests ran to the end"
+    except BaseException as exc:  # noqa: BLE001 - any failure of the tests
+        text = str(exc)
+        return f"failed: {type(exc).__name__}" + (f": {text[:200]}" if text else "")
+
+
+def _serve(payload, exit_now):
+    """The candidate: run the program, say whether it started, then answer the judge."""
+    import builtins
+
+    conn = _Conn(*payload["rpc"])
+    program_file = os.path.join(payload["work"], "program.py")
+    glob = {"__name__": "__main__", "__builtins__": builtins, "__file__": program_file}
+    try:
+        exec(compile(payload["code"], program_file, "exec", dont_inherit=True), glob)
+        started = {"ready": True}
+    except SyntaxError as exc:
+        started = {"failed": f"SyntaxError: {exc.msg} (line {exc.lineno})"}
+    except MemoryError:
+        started = {"failed": "memory"}
+    except SystemExit:
+        started = {"failed": "exited before the tests ran to the end"}
+    except BaseException as exc:  # noqa: BLE001
+        started = {"failed": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    conn.send(started)
+    if "failed" in started:
+        exit_now(0)
+    objects = []
+
+    def convert(value):  # library values as plain data: numpy's, Counter, namedtuple, ...
+        if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+            return value.tolist()
+        for base in (bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset):
+            if isinstance(value, base):
+                return base(value)
+        raise _NotPlain(type(value).__name__)
+
+    def reply(value, **extra):
+        try:
+            return dict(extra, value=_encode(value, convert))
+        except _NotPlain:
+            objects.append(value)
+            return dict(extra, ref=len(objects) - 1, kind=type(value).__name__)
+
+    while True:
+        try:
+            req = conn.recv()
+        except EOFError:
+            exit_now(0)
+        try:
+            op = req["op"]
+            if op == "get":
+                if req["name"] not in glob:
+                    raise NameError(f"name {req['name']!r} is not defined")
+                out = reply(glob[req["name"]])
+            else:
+                target = objects[req["ref"]]
+                if op == "call":
+                    args = [_decode(a, objects) for a in req["args"]]
+                    kwargs = {k: _decode(v, objects) for k, v in req["kwargs"].items()}
+                    value = target(*args, **kwargs)
+                    try:
+                        after = [_encode(a, convert) for a in args]
+                    except _NotPlain:
+                        after = None
+                    out = reply(value, after=after)
+                elif op == "attr":
+                    out = reply(getattr(target, req["name"]))
+                elif op == "iter":
+                    out = reply(iter(target))
+                elif op == "next":
+                    out = reply(next(target))
+                elif op == "len":
+                    out = reply(len(target))
+                else:
+                    out = reply(target[_decode(req["key"], objects)])
+        except StopIteration:
+            out = {"stop": True}
+        except BaseException as exc:  # noqa: BLE001 - the program's error, for the tests to see
+            try:
+                out = {"raise": type(exc).__name__, "message": str(exc)[:200]}
+            except BaseException:  # noqa: BLE001
+                out = {"raise": "RuntimeError", "message": "an exception that cannot be printed"}
+        conn.send(out)
 
 
 # ---------------------------------------------------------------- kernel confinement
