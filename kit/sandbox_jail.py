@@ -519,7 +519,10 @@ class _Conn:
         line = self.r.readline(MAX_MESSAGE + 1)
         if not line.endswith(b"\n"):
             raise EOFError("the program stopped answering")
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise RuntimeError("the program sent something that is not an answer") from None
 
 
 class _Remote:
@@ -575,10 +578,12 @@ class _Remote:
         return self._ask("getitem", key=_encode(key, refs=_ref_of))
 
     def _refuse(self, *_):
-        raise AssertionError(f"compared a {self._kind} object the program made, where a plain value "
-                             "was expected")
+        raise AssertionError(f"used an object of the program's own type {self._kind} where a plain "
+                             "value was expected")
 
     __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __hash__ = __contains__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
+    __floordiv__ = __mod__ = __pow__ = __neg__ = __abs__ = __float__ = __int__ = __index__ = _refuse
 
     def __repr__(self):
         return f"<{self._kind} from the program>"

@@ -112,6 +112,97 @@ def test_values_from_libraries_still_compare():
     assert sandbox.run_tests(code, "assert f() == 3").passed
 
 
+# Ways to pass a failing test. Those marked "forged" passed on main (2026-12-04), when the tests
+# ran in the candidate's process; the others were held there by an audit hook, which is gone:
+# the verdict now comes from a judge process that the candidate never runs in, on plain data.
+HUNT = ("import os\ndef _forge(frame):\n    while frame is not None:\n"
+        "        for v in list(frame.f_locals.values()):\n"
+        "            if isinstance(v, str) and len(v) == 32:\n"
+        "                for fd in range(3, 64):\n"
+        "                    try: os.write(fd, (v + '\\npassed').encode())\n"
+        "                    except OSError: pass\n"
+        "                os._exit(0)\n"
+        "        frame = frame.f_back\n")
+ANYTHING = "class A:\n    def __eq__(self, o):\n        return True\ndef f(x):\n    return A()\n"
+FORGERIES = {
+    # a signal handler's frame walks f_back to the harness's token (forged, strict mode)
+    "signal-frames": (HUNT + "import signal\nsignal.signal(signal.SIGUSR1, lambda s, fr: _forge(fr))\n"
+                      "def f(x):\n    os.kill(os.getpid(), signal.SIGUSR1)\n    return x\n",
+                      "assert f(1) == 2"),
+    "getframe": (HUNT + "import sys\ndef f(x):\n    _forge(sys._getframe())\n", "assert f(1) == 2"),
+    "inspect": (HUNT + "import inspect\ndef f(x):\n    _forge(inspect.currentframe())\n", "assert f(1) == 2"),
+    "gc": ("import gc, os, re\ndef f(x):\n"
+           "    found = [v for o in gc.get_objects() if isinstance(o, dict) for v in list(o.values())\n"
+           "             if isinstance(v, str) and re.fullmatch('[0-9a-f]{32}', v)]\n"
+           "    for fd in range(3, 64):\n        for t in found:\n"
+           "            try: os.write(fd, (t + '\\npassed').encode())\n            except OSError: pass\n"
+           "    os._exit(0)\n", "assert f(1) == 2"),
+    # _ctypes loaded from its file, then the current frame read through the C API
+    "ctypes-by-file": (HUNT + "import importlib.util, sys\n"
+                       "spec = importlib.util.spec_from_file_location('_ctypes', "
+                       "importlib.util.find_spec('_ctypes').origin)\n"
+                       "m = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(m)\n"
+                       "sys.modules['_ctypes'] = m\nimport ctypes\n"
+                       "_forge(ctypes.cast(ctypes.pythonapi.PyEval_GetFrame(), ctypes.py_object).value)\n"
+                       "def f(x):\n    return x\n", "assert f(1) == 2"),
+    # builtins patched from inside a call, after the harness restored them (forged)
+    "patched-builtins": ("def f(x):\n    import builtins\n    builtins.abs = lambda v: 0\n    return 0\n",
+                         "assert f(1) == 0\nassert abs(f(2) - 5) < 1e-9"),
+    # equality rigged where an `assert a == b` rewrite does not look (each forged)
+    "eq-staticmethod": ("class A:\n    __eq__ = staticmethod(lambda *a: True)\ndef f(x):\n    return A()\n",
+                        "assert f(1) == 2"),
+    "eq-partialmethod": ("import functools\ndef t(*a):\n    return True\nclass A:\n"
+                         "    __eq__ = functools.partialmethod(t)\ndef f(x):\n    return A()\n",
+                         "assert f(1) == 2"),
+    "assert-in": (ANYTHING, "assert f(1) in [2, 3]"),
+    "assert-and": (ANYTHING, "assert f(1) == 2 and f(2) == 4"),
+    "assert-abs": ("class A:\n    def __sub__(self, o):\n        return 0\ndef f(x):\n    return A()\n",
+                   "assert abs(f(1) - 2.5) < 1e-6"),
+    "assert-all": (ANYTHING, "assert all(f(i) == 2 * i + 1 for i in range(3))"),
+    # the answer looked up in the tests, which used to sit in the program's own file (forged)
+    "reads-the-tests": ("def f(x):\n    import re\n    src = open(__file__).read()\n"
+                        "    return int(re.search(r'f\\(1\\) == (\\d+)', src).group(1))\n",
+                        "assert f(1) == 2"),
+    "exit-in-finally": ("import os\ndef f(x):\n    try:\n        return 0\n    finally:\n"
+                        "        os._exit(0)\n",
+                        "assert f(1) == 2"),
+    "inherited-fds": ("import os\ndef f(x):\n    for fd in range(64):\n"
+                      "        try: os.write(fd, b'passed\\n')\n"
+                      "        except OSError: pass\n    return 0\n", "assert f(1) == 2"),
+}
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["auto", "best-effort"])
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_forgery_corpus(name, force, monkeypatch):
+    monkeypatch.setattr(sandbox, "FORCE_BEST_EFFORT", force)
+    program, tests = FORGERIES[name]
+    attack(program, tests)
+
+
+def test_a_task_without_tests_is_refused():
+    for tests in ("", "f(1)", "print('ok')"):
+        out = sandbox.run_tests("def f(x):\n    return x", tests)
+        assert not out.passed and out.reason.startswith("refused: the task has no tests"), out
+
+
+def test_the_tests_still_use_the_program_as_before():
+    code = ("class Stack:\n    def __init__(self):\n        self.items = []\n"
+            "    def push(self, x):\n        self.items.append(x)\n        return len(self.items)\n"
+            "def squares(n):\n    for i in range(n):\n        yield i * i\n"
+            "def positive(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
+            "def add_one(xs):\n    xs.append(1)\n"
+            "LIMIT = 3\n")
+    tests = ("s = Stack()\nassert s.push(4) == 1 and s.push(5) == 2 and s.items == [4, 5]\n"
+             "assert list(squares(LIMIT)) == [0, 1, 4]\n"
+             "try:\n    positive(-1)\n    assert False\n"
+             "except ValueError as e:\n    assert 'negative' in str(e)\n"
+             "xs = []\nadd_one(xs)\nassert xs == [1]\n"
+             "assert abs(positive(0.1 + 0.2) - 0.3) < 1e-9\n")
+    assert sandbox.run_tests(code, tests).passed, sandbox.run_tests(code, tests)
+    assert "NameError" in sandbox.run_tests("x = 1", "assert f(1) == 1").reason
+
+
 # ---------------------------------------------------------------- isolation (strict machines)
 
 
