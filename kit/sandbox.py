@@ -1,6 +1,6 @@
 """Run untrusted generated code, never inside the training process.
 
-`run_tests(code, tests)` runs a candidate solution and then its tests (plain asserts);
+`run_tests(code, tests)` judges a candidate solution by its tests (Python with asserts);
 `run_program(source)` runs a program alone. Both return an `Outcome`. `describe()` says in one
 line which isolation this machine gives; `is_strict()` whether it is the strict one.
 
@@ -32,24 +32,24 @@ Kaggle; not inside Docker's default seccomp profile). What each guarantee rests 
 - environment: the code gets a fixed, minimal environment; the parent's is never passed and,
   with no /proc, cannot be read.
 
-The verdict: a test passes only when the harness (trusted code in the same process, started
-before the program) finishes the tests and writes a random 128-bit token followed by
-"passed" on a pipe the caller reads. The token is never in a file, argv, the environment or
-the program's globals; it reaches the harness over stdin, which then points at /dev/null. The
-harness keeps its own references to os.write/os._exit, catches every exception (SystemExit
-included) and leaves with os._exit, so atexit, sys.excepthook and finalizers never run after
-the tests, and printing anything, or exiting early with status 0, passes nothing. An audit
-hook refuses the ways to the harness's locals (gc object walking, sys._getframe, frame
-attributes of tracebacks and generators, settrace/setprofile) and ctypes. `assert a == b` in
-the tests is checked so that an object whose class the program defined cannot pass by
-answering `==` with True; builtins are restored before the tests run.
-
-Residual risk, stated honestly: the tests run in the same interpreter as the candidate code,
-so a determined program can still forge a pass: Python's audit hooks are not a security
-boundary (crafted bytecode or marshal data can read raw memory, a candidate function called
-during the tests can rebind the test's globals, `__eq__` can be borrowed from a builtin,
-`assert x` trusts `bool(x)`). This affects the pass@1 number only; it does not weaken the
-isolation above, which the kernel enforces.
+The verdict (`run_tests`): two sandboxes side by side, each with the limits above. The
+candidate runs the code alone: no tests, no token. The judge runs the tests alone, with a
+random 128-bit token that only it holds (over stdin, never in a file, argv or the
+environment). The names the tests use but do not define are the candidate's: calling one, or
+asking an attribute, item, length or next value of what it returned, is a request over a pipe,
+and what comes back is JSON that the judge rebuilds as exact builtin types (None, bool, int,
+float, complex, str, bytes, list, tuple, dict, set, frozenset; numpy values and subclasses
+such as Counter are converted by the candidate; any other object stays in the candidate and
+may be called or asked, but comparing it, testing its truth or computing with it fails the
+test). Lists, dicts and sets the tests pass are updated with what the function left in them.
+So every `==`, `in`, `and`, `abs(x - y) < e` or bare `assert` is evaluated on the judge's own
+objects, and the judge writes `token` + "passed" on its private pipe only when the tests ran to
+their end; the candidate cannot see the tests, the token or the judge's memory (another
+sandbox: other namespaces in strict mode; no ptrace, no signal and no writable open in
+best-effort mode). A task whose tests hold no `assert` is refused. What remains: the candidate's
+answers are its own (the judge's requests show it the arguments, never the expected values),
+and the tests are trusted as data (they run only in the judge's sandbox). `run_program` runs a
+program alone and passes when it runs to its end.
 
 Best-effort (no user namespaces, e.g. Docker's default seccomp; `mode="best-effort"` or
 KIT_SANDBOX=best-effort forces it): one process, confined by the kernel before the program
@@ -472,20 +472,20 @@ def is_strict() -> bool:
     return isolation().strict
 
 
-def run_program(source: str, timeout: float = 5.0, memory_mb: int = 512, *, tests: str = "",
+def run_program(source: str, timeout: float = 5.0, memory_mb: int = 512, *,
                 disk_mb: int = DISK_MB, mode: str = "auto") -> Outcome:
-    """Run `source` (then `tests`) as a Python program in the sandbox. It passes when the tests
-    ran to their end without an exception: see the module docstring for how that is judged.
+    """Run `source` as a Python program in the sandbox. It passes when it ran to its end
+    without an exception (and wrote that on the harness's private pipe).
     `mode`: "auto" (strict where the machine allows it, else best-effort), "strict" or
     "best-effort" (the fallback, even where strict works)."""
     if mode not in ("auto", "strict", "best-effort"):
         raise ValueError(f"mode must be auto, strict or best-effort, not {mode!r}")
     iso = isolation(memory_mb, disk_mb, mode)
     if iso.strict:
-        return _run_strict(source, tests, timeout, memory_mb, disk_mb)
+        return _run_strict(source, "", timeout, memory_mb, disk_mb)
     if mode == "strict":
         return Outcome(False, f"sandbox error: strict isolation is unavailable ({iso.missing})")
-    return _run_best_effort(source, tests, timeout, memory_mb, disk_mb)
+    return _run_best_effort(source, "", timeout, memory_mb, disk_mb)
 
 
 def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 512, *,

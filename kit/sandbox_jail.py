@@ -299,7 +299,6 @@ def _init(cfg, ctypes, libc, alive):
 
 
 def harness():
-    import ast
     import builtins
 
     write, exit_now, read = os.write, os._exit, os.read  # before the program can replace them
@@ -332,26 +331,21 @@ def harness():
             exit_now(0)
 
     if payload.get("role") == "judge":
+        ctypes, libc = _libc()
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # its memory (the token) closed to its own user
         report(_judge(payload))
     if payload.get("role") == "candidate":
         _serve(payload, exit_now)
 
+    # run_program: the program alone passes when it runs to its end (nothing to forge there)
     program_file = os.path.join(payload["work"], "program.py")
     glob = {"__name__": "__main__", "__builtins__": builtins, "__file__": program_file}
     try:
         code = compile(payload["code"], program_file, "exec", dont_inherit=True)
-        tests = compile(_plain_value_asserts(ast, payload["tests"]), "tests", "exec", dont_inherit=True)
     except SyntaxError as exc:
         report(f"failed: SyntaxError: {exc.msg} (line {exc.lineno})")
-    saved_builtins = dict(builtins.__dict__)
-    helpers = {"_kit_eq_": _make_check(program_file, True), "_kit_ne_": _make_check(program_file, False)}
-    _guard()
     try:
         exec(code, glob)
-        builtins.__dict__.clear()
-        builtins.__dict__.update(saved_builtins)
-        glob.update(helpers)
-        exec(tests, glob)
         reason = "passed"
     except MemoryError:
         reason = "memory"
@@ -364,74 +358,6 @@ def harness():
         except BaseException:  # noqa: BLE001
             reason = "failed: an exception that cannot be printed"
     report(reason)
-
-
-def _plain_value_asserts(ast, source):
-    """`assert a == b` becomes `assert _kit_eq_(a, b)` (and `!=` likewise), so a value whose
-    class the program defined cannot pass by answering `==` with True."""
-
-    class Rewrite(ast.NodeTransformer):
-        def visit_Assert(self, node):
-            self.generic_visit(node)
-            t = node.test
-            if isinstance(t, ast.Compare) and len(t.ops) == 1 and isinstance(t.ops[0], ast.Eq | ast.NotEq):
-                name = "_kit_eq_" if isinstance(t.ops[0], ast.Eq) else "_kit_ne_"
-                node.test = ast.Call(ast.Name(name, ast.Load()), [t.left, t.comparators[0]], [])
-            return node
-
-    tree = Rewrite().visit(ast.parse(source))
-    return ast.fix_missing_locations(tree)
-
-
-def _make_check(program_file, equal):
-    special = ("__eq__", "__ne__", "__bool__", "__len__", "__hash__", "__float__", "__int__", "__index__")
-
-    def program_made(value, depth=0):
-        t = type(value)
-        if t in (int, float, complex, bool, str, bytes, type(None)):
-            return False
-        if depth > 20:
-            return True
-        if t in (list, tuple, set, frozenset):
-            return any(program_made(v, depth + 1) for v in value)
-        if t is dict:
-            return any(program_made(k, depth + 1) or program_made(v, depth + 1) for k, v in value.items())
-        for klass in t.__mro__:
-            for name in special:
-                fn = klass.__dict__.get(name)
-                code = getattr(fn, "__code__", None)
-                if code is not None and code.co_filename == program_file:
-                    return True
-        return False
-
-    def check(a, b):
-        for v in (a, b):
-            if program_made(v):
-                raise AssertionError(f"compared a {type(v).__name__} object the program defined "
-                                     "(with its own comparison) where a plain value was expected")
-        return (a == b) if equal else (a != b)
-
-    return check
-
-
-def _guard():
-    """Refuse the interpreter's ways to other frames' locals, to raw memory and to tracing.
-    Python's audit hooks are not a security boundary (see kit/sandbox.py's docstring)."""
-    blocked = {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
-               "sys._current_exceptions", "sys.settrace", "sys.setprofile", "code.__new__"}
-    frame_attrs = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}
-
-    def hook(event, args):
-        if event in blocked:
-            raise RuntimeError(f"{event} is disabled in the sandbox")
-        if event == "sys._getframe":
-            raise ValueError("sys._getframe is disabled in the sandbox")  # the stdlib copes
-        if event == "object.__getattr__" and args[1] in frame_attrs:
-            raise AttributeError(f"{args[1]} is disabled in the sandbox")
-        if event == "import" and str(args[0]).split(".")[0] in ("ctypes", "_ctypes"):
-            raise ImportError("ctypes is disabled in the sandbox")
-
-    sys.addaudithook(hook)
 
 
 # ---------------------------------------------------------------- verdicts: judge and candidate
