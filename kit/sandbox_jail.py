@@ -443,6 +443,8 @@ class _Conn:
 
     def recv(self):
         line = self.r.readline(MAX_MESSAGE + 1)
+        if len(line) > MAX_MESSAGE:
+            raise RuntimeError(f"an answer of more than {MAX_MESSAGE >> 20} MiB")
         if not line.endswith(b"\n"):
             raise EOFError("the program stopped answering")
         try:

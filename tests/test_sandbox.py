@@ -495,3 +495,8 @@ def test_failure_reasons_cannot_drive_the_terminal(force, monkeypatch):
     out = attack(f"raise ValueError('{osc52}\\u202e\\r\\nnext line')")
     assert not any(not c.isprintable() for c in out.reason), repr(out.reason)
     assert "\\x1b]52" in out.reason and "\\u202e" in out.reason, out.reason
+
+
+def test_an_oversized_answer_fails_in_one_line():
+    out = sandbox.run_tests("def f(x):\n    return 'x' * 10**7", "assert len(f(1)) == 10**7")
+    assert not out.passed and "an answer of more than 4 MiB" in out.reason, out
