@@ -1,6 +1,6 @@
 """Run untrusted generated code, never inside the training process.
 
-`run_tests(code, tests)` runs a candidate solution and then its tests (plain asserts);
+`run_tests(code, tests)` judges a candidate solution by its tests (Python with asserts);
 `run_program(source)` runs a program alone. Both return an `Outcome`. `describe()` says in one
 line which isolation this machine gives; `is_strict()` whether it is the strict one.
 
@@ -23,40 +23,65 @@ Kaggle; not inside Docker's default seccomp profile). What each guarantee rests 
   everything the code started (daemons included). The caller kills the whole tree at
   `timeout` + a few seconds whatever happens, and reads at most a few KB from it.
 - budget: RLIMIT_NPROC counted in the sandbox's own user namespace: the code is one process
-  with no children and no threads, so RLIMIT_AS (`memory_mb`) bounds its total memory and
-  the tmpfs bounds its disk; CPU seconds, open files and core dumps are limited too.
+  with no children and no threads, so RLIMIT_AS (`memory_mb`) bounds its memory and the tmpfs
+  (`disk_mb`, apart from `memory_mb`) its files; CPU seconds, open files and core dumps are
+  limited too. Memory that RLIMIT_AS does not count is refused by a seccomp filter the worker
+  loads before it starts Python (sandbox_jail.ALWAYS_DENIED): memfd, SysV and POSIX shared
+  memory, message queues, io_uring, keyrings, and new namespaces or mounts (a nested user
+  namespace could mount a tmpfs of any size).
 - environment: the code gets a fixed, minimal environment; the parent's is never passed and,
   with no /proc, cannot be read.
 
-The verdict: a test passes only when the harness (trusted code in the same process, started
-before the program) finishes the tests and writes a random 128-bit token followed by
-"passed" on a pipe the caller reads. The token is never in a file, argv, the environment or
-the program's globals; it reaches the harness over stdin, which then points at /dev/null. The
-harness keeps its own references to os.write/os._exit, catches every exception (SystemExit
-included) and leaves with os._exit, so atexit, sys.excepthook and finalizers never run after
-the tests, and printing anything, or exiting early with status 0, passes nothing. An audit
-hook refuses the ways to the harness's locals (gc object walking, sys._getframe, frame
-attributes of tracebacks and generators, settrace/setprofile) and ctypes. `assert a == b` in
-the tests is checked so that an object whose class the program defined cannot pass by
-answering `==` with True; builtins are restored before the tests run.
+The verdict (`run_tests`): two sandboxes side by side, each with the limits above. The
+candidate runs the code alone: no tests, no token. The judge runs the tests alone, with a
+random 128-bit token that only it holds (over stdin, never in a file, argv or the
+environment). The names the tests use but do not define are the candidate's: calling one, or
+asking an attribute, item, length or next value of what it returned, is a request over a pipe,
+and what comes back is JSON that the judge rebuilds as exact builtin types (None, bool, int,
+float, complex, str, bytes, list, tuple, dict, set, frozenset; numpy values and subclasses
+such as Counter are converted by the candidate; any other object stays in the candidate and
+may be called or asked, but comparing it, testing its truth or computing with it fails the
+test). Lists, dicts and sets the tests pass are updated with what the function left in them.
+So every `==`, `in`, `and`, `abs(x - y) < e` or bare `assert` is evaluated on the judge's own
+objects, and the judge writes `token` + "passed" on its private pipe only when the tests ran to
+their end; the candidate cannot see the tests, the token or the judge's memory (another
+sandbox: other namespaces in strict mode; no ptrace, no signal and no writable open in
+best-effort mode). A task whose tests hold no `assert` is refused. What remains: the candidate's
+answers are its own (the judge's requests show it the arguments, never the expected values),
+and the tests are trusted as data (they run only in the judge's sandbox). `run_program` runs a
+program alone and passes when it runs to its end.
 
-Residual risk, stated honestly: the tests run in the same interpreter as the candidate code,
-so a determined program can still forge a pass: Python's audit hooks are not a security
-boundary (crafted bytecode or marshal data can read raw memory, a candidate function called
-during the tests can rebind the test's globals, `__eq__` can be borrowed from a builtin,
-`assert x` trusts `bool(x)`). This affects the pass@1 number only; it does not weaken the
-isolation above, which the kernel enforces.
+Best-effort (no user namespaces, e.g. Docker's default seccomp; `mode="best-effort"` or
+KIT_SANDBOX=best-effort forces it): one process, confined by the kernel before the program
+runs, never by Python-level checks (an audit hook was what this mode used to rest on; one
+line, `sys.audit = lambda *a: None` then `subprocess`, got around it):
+- user: nobody (65534) when the kit runs as root (`Popen(user=, group=, extra_groups=[])`);
+  root with every capability dropped (as in strict mode) where Python itself lives where
+  nobody cannot read it (a pyenv under /root), and then only if Landlock is there.
+- seccomp (libseccomp, through `pyseccomp`; sandbox_jail.seccomp_filter): no execve, no child
+  process (clone only for threads), no socket of any kind, no file or folder created, opened
+  for writing, renamed, removed or re-permissioned anywhere, signals only to itself, no
+  ptrace, plus everything refused in strict mode (memfd, shared memory, namespaces, ...).
+- Landlock (`landlockpy`, where the kernel has it: 5.13 on): reads only the system folders,
+  Python's own folders, three /dev nodes and the program's folder; everything else refused,
+  /proc, home and the Hub token included. Without Landlock it reads whatever its user can.
+- limits and environment as in strict mode; the parent's environment is never passed.
+What stays weaker than strict: the host's PID, network and mount namespaces are shared (the
+code cannot use them, but the kernel surface is larger), and without Landlock files are
+guarded only by their permissions. `describe()` says which of these hold on this machine.
 
-Best-effort (no user namespaces, e.g. Docker's default seccomp): a separate process in its own
-session and temporary folder with the same memory, CPU, file-size and open-file limits, a
-minimal environment, and the harness's audit hook also refusing sockets (`_socket` included),
-process creation and signals, and file access outside that folder and Python's own. Code that
-reaches C (a compiled extension, or memory tricks) can bypass those Python-level blocks, so
-this mode is weaker and `describe()` says so; the recipe refuses it unless `sandbox=best-effort`.
+Why these libraries: libseccomp is what Docker, systemd and podman build their filters with
+(it also refuses the i386 and x32 system call tables on x86_64, which a hand-written filter
+easily forgets) and is installed on every Debian/Ubuntu system; pyseccomp is a small ctypes
+binding with the official bindings' API. landlockpy has no dependencies, checks results
+correctly and knows ABIs 1 to 11 (the older `landlock` package treats a stale errno as a
+failure). bubblewrap and nsjail need the user namespaces (or setuid/root mounts) that this
+mode exists to do without.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
@@ -76,10 +101,17 @@ WORKER_UID = 1000  # inside the sandbox's user namespace, when the caller is roo
 NOBODY = 65534
 FORCE_BEST_EFFORT = os.environ.get("KIT_SANDBOX") == "best-effort"  # tests flip this
 _SOURCE = (Path(__file__).with_name("sandbox_jail.py")).read_text()
+STOPPED = "failed: the program stopped answering"  # sandbox_jail.STOPPED
 _HARNESS = _SOURCE + "\nharness()\n"
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
         "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1"}
+
+
+def printable(text: str) -> str:
+    """`text` with every control or format character (terminal escapes, newlines, bidi
+    overrides) written as its Python escape, so the program's words cannot drive a terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @dataclass
@@ -87,12 +119,16 @@ class Outcome:
     passed: bool
     reason: str  # "passed", "failed: AssertionError ...", "timeout", "memory", ...
 
+    def __post_init__(self):  # the reason may quote the program: escaped before anyone shows it
+        self.reason = printable(str(self.reason))
+
 
 @dataclass(frozen=True)
 class Isolation:
     strict: bool
     line: str  # one line for the console and metrics.json
     missing: str = ""  # why strict isolation is unavailable
+    usable: bool = True  # False: neither mode can run code here (`line` says why)
 
 
 def _python_folders() -> list[str]:
@@ -100,6 +136,10 @@ def _python_folders() -> list[str]:
     found = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
                                             sys.base_exec_prefix)}
     found.add(os.path.dirname(os.path.dirname(exe)))
+    # site-packages folders that a .pth file adds (a venv layered on another), not the others
+    # on sys.path (an editable install would add the whole repository)
+    found.update(os.path.realpath(p) for p in sys.path
+                 if os.path.basename(p) in ("site-packages", "dist-packages") and os.path.isdir(p))
     return sorted(p for p in found if p not in ("/", os.path.expanduser("~")))
 
 
@@ -188,7 +228,8 @@ def _verdict(result: dict, token: str) -> Outcome:
     return Outcome(False, f"failed: {lines[-1][:200]}")
 
 
-def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: int) -> Outcome:
+def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: int,
+                role: str | None = None, rpc: tuple[int, ...] = ()) -> Outcome:
     token = secrets.token_hex(16)
     deadline = time.monotonic() + timeout + GRACE
     root = tempfile.mkdtemp(prefix="kit-sandbox-")
@@ -197,10 +238,13 @@ def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: 
             [sys.executable, "-I", "-S", "-B", "-c", _SOURCE + "\nsupervise()\n"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd="/", close_fds=True,
-            start_new_session=True)
+            start_new_session=True, pass_fds=rpc)
     except OSError as exc:
         os.rmdir(root)
         return Outcome(False, f"sandbox error: could not start: {exc}")
+    finally:
+        for fd in rpc:  # the sandbox's own now: EOF reaches the other side when it ends
+            os.close(fd)
     out, err = bytearray(), bytearray()
     try:
         ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
@@ -217,7 +261,8 @@ def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: 
                "cpu_seconds": int(timeout) + 1, "timeout": timeout, "token": token,
                "code": code, "tests": tests, "exe": sys.executable, "harness": _HARNESS,
                "env": dict(_ENV, HOME=work, TMPDIR=work + "/tmp"), "worker_id": worker,
-               "nproc": 1 if worker else 3}  # counted per user namespace: supervisor, init, code
+               "nproc": 1 if worker else 3,  # counted per user namespace: supervisor, init, code
+               "seccomp_dir": _module_dir("pyseccomp"), "role": role, "rpc": list(rpc)}
         try:
             proc.stdin.write(json.dumps(cfg).encode())
             proc.stdin.close()
@@ -248,29 +293,49 @@ def _run_strict(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: 
     return _verdict(result, token)
 
 
-def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: int) -> Outcome:
+def _module_dir(name: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    return os.path.dirname(spec.origin) if spec and spec.origin else ""
+
+
+def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk_mb: int,
+                     role: str | None = None, rpc: tuple[int, ...] = ()) -> Outcome:
+    """One process confined by the kernel (see `_fallback_probe` and sandbox_jail._confine)."""
     token = secrets.token_hex(16)
     deadline = time.monotonic() + timeout + GRACE
+    fallback = _fallback_probe()
+    if fallback["missing"]:
+        for fd in rpc:
+            os.close(fd)
+        return Outcome(False, f"sandbox error: {fallback['missing']}")
     with tempfile.TemporaryDirectory(prefix="kit-sandbox-") as work:
         work = os.path.realpath(work)
+        os.chmod(work, 0o755)  # readable by nobody; nothing in it is writable by the program
         Path(work, "program.py").write_text(code + "\n\n" + tests + "\n")
-        os.mkdir(os.path.join(work, "tmp"))
         verdict_r, verdict_w = os.pipe()
         rlimits = {"RLIMIT_AS": memory_mb * 2**20, "RLIMIT_CPU": int(timeout) + 1,
                    "RLIMIT_FSIZE": disk_mb * 2**20, "RLIMIT_NOFILE": 64, "RLIMIT_CORE": 0}
         payload = {"token": token, "code": code, "tests": tests, "verdict_fd": verdict_w,
                    "best_effort": True, "work": work, "rlimits": rlimits,
-                   "readable": [p for p in _binds() if not p.startswith("/etc")]}
-        env = dict(_ENV, HOME=work, TMPDIR=os.path.join(work, "tmp"))
+                   "landlock": fallback["landlock"] > 0, "role": role, "rpc": list(rpc),
+                   "readable": [*_binds(), *(f"/dev/{d}" for d in ("null", "zero", "urandom"))]}
+        env = dict(_ENV, HOME=work, TMPDIR=work)
+        user = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if fallback["user"] == NOBODY else {}
+        payload["drop_root"] = fallback["user"] == 0  # root, but without any capability
         try:
             proc = subprocess.Popen([sys.executable, "-I", "-B", "-c", _HARNESS], cwd=work, env=env,
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, pass_fds=(verdict_w,),
-                                    start_new_session=True)
+                                    stderr=subprocess.STDOUT, pass_fds=(verdict_w, *rpc),
+                                    start_new_session=True, **user)
         except OSError as exc:
             os.close(verdict_r)
             os.close(verdict_w)
             return Outcome(False, f"sandbox error: could not start: {exc}")
+        finally:
+            for fd in rpc:
+                os.close(fd)
         os.close(verdict_w)
         out, verdict = bytearray(), bytearray()
         timed_out = False
@@ -281,7 +346,6 @@ def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk
             except BrokenPipeError:
                 pass
             fds = {proc.stdout.fileno(): out, verdict_r: verdict}
-            # Stop when the program has exited, even if something it left holds the pipes.
             finished = _read_bounded(fds, {proc.stdout.fileno(): 8192, verdict_r: 4096},
                                      lambda: proc.poll() is not None,
                                      min(deadline, time.monotonic() + timeout))
@@ -293,12 +357,56 @@ def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk
     if timed_out:
         return Outcome(False, "timeout")
     rc = proc.returncode
-    result = {"verdict": verdict.decode("latin-1"), "output": out.decode("utf-8", "replace")[-2048:]}
+    output = out.decode("utf-8", "replace")[-2048:]
+    if rc == 70 and "sandbox setup:" in output:  # the confinement itself failed: nothing ran
+        return Outcome(False, "sandbox error: " + output.split("sandbox setup:")[-1].strip()[:200])
+    result = {"verdict": verdict.decode("utf-8", "replace"), "output": output}
     if rc is not None and rc < 0:
         result.update(status="signal", signal=-rc)
     else:
         result.update(status="exit", code=rc)
     return _verdict(result, token)
+
+
+def _others_can_read(path: str) -> bool:
+    """Whether a user with no claim on `path` (nobody) can reach and read it."""
+    path = os.path.realpath(path)
+    parts = path.split("/")
+    for i in range(1, len(parts)):
+        folder = "/".join(parts[:i]) or "/"
+        if not os.stat(folder).st_mode & 0o001:
+            return False
+    return bool(os.stat(path).st_mode & 0o004)
+
+
+@functools.lru_cache(maxsize=1)
+def _fallback_probe() -> dict:
+    """What best-effort mode has here: libseccomp (required), Landlock's ABI (0: none), and the
+    user the program runs as (None: the caller's own; NOBODY; 0: root without capabilities,
+    when the caller is root and Python lives where nobody cannot read it, e.g. under /root)."""
+    import ctypes.util
+
+    def lacking(why):
+        return {"missing": why, "landlock": 0, "user": None}
+
+    if sys.platform != "linux":
+        return lacking(f"seccomp needs Linux (this is {sys.platform})")
+    if not _module_dir("pyseccomp") or not _module_dir("landlockpy"):
+        return lacking("the Python packages pyseccomp and landlockpy are not installed "
+                       "(requirements/stack.txt)")
+    if ctypes.util.find_library("seccomp") is None:
+        return lacking("libseccomp is not installed (apt-get install libseccomp2)")
+    import landlockpy
+
+    abi = landlockpy.abi_version()  # 0: none
+    user = None
+    if os.geteuid() == 0:
+        needed = [sys.executable, *_python_folders(), _module_dir("pyseccomp"), _module_dir("landlockpy")]
+        user = NOBODY if all(_others_can_read(p) for p in needed) else 0
+        if user == 0 and not abi:
+            return lacking("the kit runs as root, Python lives where nobody cannot read it "
+                           f"({os.path.realpath(sys.executable)}) and the kernel has no Landlock")
+    return {"missing": "", "landlock": abi, "user": user}
 
 
 @functools.lru_cache(maxsize=1)
@@ -310,17 +418,34 @@ def _strict_probe() -> str:
     return "" if out.passed else out.reason.removeprefix("sandbox error: ")
 
 
-def isolation(memory_mb: int = 512, disk_mb: int = DISK_MB) -> Isolation:
-    """What this machine gives, as one line, and whether it is strict."""
-    missing = "switched off (KIT_SANDBOX=best-effort)" if FORCE_BEST_EFFORT \
-        else _strict_probe()
+def isolation(memory_mb: int = 512, disk_mb: int = DISK_MB, mode: str = "auto") -> Isolation:
+    """What this machine gives, as one line, and whether it is strict. `mode="best-effort"`
+    describes the fallback even where strict isolation works."""
+    if FORCE_BEST_EFFORT:
+        missing = "switched off (KIT_SANDBOX=best-effort)"
+    elif mode == "best-effort":
+        missing = "not asked for (best-effort)"
+    else:
+        missing = _strict_probe()
     if not missing:
         return Isolation(True, f"sandbox: strict — user, mount, PID and network namespaces, "
                                f"read-only system and Python only, {disk_mb} MiB private tmpfs, "
-                               f"one process of at most {memory_mb} MiB, no capabilities")
-    return Isolation(False, f"sandbox: best-effort — {missing}; a separate process with memory, "
-                            "CPU and file limits and Python-level blocks on network, processes and "
-                            "files that C code can bypass (weaker than strict)", missing)
+                               f"one process of at most {memory_mb} MiB (seccomp refuses memfd, "
+                               "shared memory and new namespaces), no capabilities")
+    missing = printable(missing)
+    fallback = _fallback_probe()
+    if fallback["missing"]:
+        return Isolation(False, f"sandbox: none — strict: {missing}; best-effort: "
+                                f"{fallback['missing']}", missing, usable=False)
+    who = {None: "your own user", NOBODY: "nobody (uid 65534)",
+           0: "root without capabilities"}[fallback["user"]]
+    reads = (f"Landlock ABI {fallback['landlock']}: reads only the system and Python's folders"
+             if fallback["landlock"] else f"no Landlock: it reads whatever {who} can read")
+    return Isolation(False, f"sandbox: best-effort — {missing}; one process as {who} of at most "
+                            f"{memory_mb} MiB, CPU and open-file limits; seccomp: no exec, child "
+                            "process, socket, ptrace, memfd or shared memory, no file written "
+                            f"anywhere, signals only to itself; {reads}; host namespaces shared "
+                            "(weaker than strict)", missing)
 
 
 def describe() -> str:
@@ -336,6 +461,10 @@ def check(mode: str) -> str:
 
         fail(f"sandbox=strict: strict isolation is unavailable here ({iso.missing}); "
              "sandbox=best-effort runs generated code anyway with weaker isolation")
+    if not iso.usable:
+        from kit.errors import fail
+
+        fail(f"sandbox={mode}: generated code cannot run here ({iso.line.removeprefix('sandbox: ')})")
     return iso.line
 
 
@@ -343,20 +472,55 @@ def is_strict() -> bool:
     return isolation().strict
 
 
-def run_program(source: str, timeout: float = 5.0, memory_mb: int = 512, *, tests: str = "",
-                disk_mb: int = DISK_MB) -> Outcome:
-    """Run `source` (then `tests`) as a Python program in the sandbox. It passes when the tests
-    ran to their end without an exception: see the module docstring for how that is judged."""
-    if isolation().strict:
-        return _run_strict(source, tests, timeout, memory_mb, disk_mb)
-    return _run_best_effort(source, tests, timeout, memory_mb, disk_mb)
+def run_program(source: str, timeout: float = 5.0, memory_mb: int = 512, *,
+                disk_mb: int = DISK_MB, mode: str = "auto") -> Outcome:
+    """Run `source` as a Python program in the sandbox. It passes when it ran to its end
+    without an exception (and wrote that on the harness's private pipe).
+    `mode`: "auto" (strict where the machine allows it, else best-effort), "strict" or
+    "best-effort" (the fallback, even where strict works)."""
+    if mode not in ("auto", "strict", "best-effort"):
+        raise ValueError(f"mode must be auto, strict or best-effort, not {mode!r}")
+    iso = isolation(memory_mb, disk_mb, mode)
+    if iso.strict:
+        return _run_strict(source, "", timeout, memory_mb, disk_mb)
+    if mode == "strict":
+        return Outcome(False, f"sandbox error: strict isolation is unavailable ({iso.missing})")
+    return _run_best_effort(source, "", timeout, memory_mb, disk_mb)
 
 
 def run_tests(code: str, tests: str, timeout: float = 5.0, memory_mb: int = 512, *,
-              disk_mb: int = DISK_MB) -> Outcome:
-    """Run a candidate solution followed by its tests (plain asserts)."""
-    return run_program(code, timeout, memory_mb, tests=tests, disk_mb=disk_mb)
+              disk_mb: int = DISK_MB, mode: str = "auto") -> Outcome:
+    """Run a candidate solution against its tests (Python with at least one `assert`).
+
+    Two sandboxes side by side, each with `timeout` and `memory_mb`: the candidate (the code,
+    without the tests or any token) and the judge (the tests and the verdict token, without the
+    code). The tests call the candidate's functions through two pipes and get plain data back
+    (exact builtin types, rebuilt by the judge), so the verdict is decided where the candidate's
+    code cannot reach: see sandbox_jail's "verdicts" section. A task with no tests is refused."""
+    import ast
+
+    try:
+        if not any(isinstance(n, ast.Assert) for n in ast.walk(ast.parse(tests))):
+            return Outcome(False, "refused: the task has no tests (no assert statement)")
+    except SyntaxError as exc:
+        return Outcome(False, f"refused: the tests do not compile: {exc.msg} (line {exc.lineno})")
+    if mode not in ("auto", "strict", "best-effort"):
+        raise ValueError(f"mode must be auto, strict or best-effort, not {mode!r}")
+    iso = isolation(memory_mb, disk_mb, mode)
+    if not iso.strict and mode == "strict":
+        return Outcome(False, f"sandbox error: strict isolation is unavailable ({iso.missing})")
+    run = _run_strict if iso.strict else _run_best_effort
+    to_program_r, to_program_w = os.pipe()
+    to_judge_r, to_judge_w = os.pipe()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        program = pool.submit(run, code, "", timeout, memory_mb, disk_mb, "candidate",
+                              (to_program_r, to_judge_w))
+        verdict = run("", tests, timeout, memory_mb, disk_mb, "judge", (to_judge_r, to_program_w))
+        program = program.result()
+    if verdict.reason == STOPPED and program.reason.startswith(("memory", "timeout", "killed", "sandbox")):
+        return Outcome(False, program.reason)  # why the program stopped answering
+    return verdict
 
 
 __all__ = ["Outcome", "Isolation", "run_program", "run_tests", "describe", "check", "is_strict",
-           "isolation"]
+           "isolation", "printable"]

@@ -7,7 +7,9 @@ supervise()  strict mode. Enters new user, mount, network, PID, IPC and UTS name
              starts the worker with limits and no capabilities, and reports one JSON line.
 harness()    the worker: reads the program, its tests and the verdict token from stdin, runs
              them, and writes `token + verdict` on the verdict descriptor. Also used alone in
-             best-effort mode, where it applies its own limits and Python-level guards.
+             best-effort mode, where, before the program runs, it confines itself with the
+             kernel's own tools: resource limits, Landlock (pip `landlockpy`) and a seccomp filter
+             (libseccomp through pip `pyseccomp`). See `seccomp_filter` for the rules.
 """
 
 import json
@@ -68,6 +70,8 @@ def supervise():
         except BaseException as exc:  # setup failed: one line for the parent
             os.write(2, f"sandbox setup: {type(exc).__name__}: {exc}\n".encode())
             os._exit(70)
+    for fd in cfg.get("rpc", ()):  # the worker's; EOF must come when it ends
+        os.close(fd)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     _, status = os.waitpid(pid, 0)
@@ -173,11 +177,16 @@ def _start_worker(cfg, ctypes, libc, payload_r, verdict_w, out_w):
     if pid:
         return pid
     try:
+        import fcntl
+
+        rpc = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in cfg.get("rpc", ())]
         os.dup2(payload_r, 0)
         os.dup2(out_w, 1)
         os.dup2(out_w, 2)
         os.dup2(verdict_w, VERDICT_FD)
-        os.closerange(VERDICT_FD + 1, 65536)
+        for i, fd in enumerate(rpc):  # the judge's pipes: 4 and 5
+            os.dup2(fd, VERDICT_FD + 1 + i)
+        os.closerange(VERDICT_FD + 1 + len(rpc), 65536)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()
@@ -189,6 +198,9 @@ def _start_worker(cfg, ctypes, libc, payload_r, verdict_w, out_w):
                              (resource.RLIMIT_NPROC, cfg["nproc"])):
             resource.setrlimit(limit, (value, value))
         _drop_privileges(cfg, ctypes, libc)
+        import pyseccomp
+
+        seccomp_filter(pyseccomp, os.getpid(), fallback=False).load()  # kept across execve
         exe = cfg["exe"]
         os.execve(exe, [exe, "-I", "-B", "-c", cfg["harness"]], cfg["env"])
     except BaseException as exc:
@@ -201,6 +213,10 @@ def _init(cfg, ctypes, libc, alive):
     if select.select([alive], [], [], 0)[0]:
         os._exit(1)  # it died before that was set
     os.close(alive)
+    # Loaded now, while the host's files are visible and /sbin/ldconfig can still run (ctypes
+    # finds libseccomp with it); the worker loads its filter just before it starts Python.
+    sys.path.append(cfg["seccomp_dir"])
+    import pyseccomp  # noqa: F401
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # the worker may not read our memory
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGALRM, signal.SIGQUIT, signal.SIGPIPE):
@@ -212,10 +228,11 @@ def _init(cfg, ctypes, libc, alive):
     verdict_r, verdict_w = os.pipe()
     out_r, out_w = os.pipe()
     worker = _start_worker(cfg, ctypes, libc, payload_r, verdict_w, out_w)
-    for fd in (payload_r, verdict_w, out_w):
+    for fd in (payload_r, verdict_w, out_w, *cfg.get("rpc", ())):
         os.close(fd)
     payload = json.dumps({"token": cfg["token"], "code": cfg["code"], "tests": cfg["tests"],
-                          "verdict_fd": VERDICT_FD, "work": cfg["work"]}).encode()
+                          "verdict_fd": VERDICT_FD, "work": cfg["work"], "role": cfg.get("role"),
+                          "rpc": [VERDICT_FD + 1, VERDICT_FD + 2] if cfg.get("rpc") else []}).encode()
     for fd in (payload_w, verdict_r, out_r):
         os.set_blocking(fd, False)
     deadline = time.monotonic() + cfg["timeout"]
@@ -272,7 +289,7 @@ def _init(cfg, ctypes, libc, alive):
         result = {"status": "signal", "signal": os.WTERMSIG(status)}
     else:
         result = {"status": "exit", "code": os.WEXITSTATUS(status)}
-    result.update(verdict=verdict.decode("latin-1"), output=tail.decode("utf-8", "replace"),
+    result.update(verdict=verdict.decode("utf-8", "replace"), output=tail.decode("utf-8", "replace"),
                   seconds=round(time.monotonic() - started, 3))
     os.write(1, json.dumps(result).encode() + b"\n")
     os._exit(0)  # PID 1 exits: the kernel kills whatever the program left behind
@@ -282,7 +299,6 @@ def _init(cfg, ctypes, libc, alive):
 
 
 def harness():
-    import ast
     import builtins
 
     write, exit_now, read = os.write, os._exit, os.read  # before the program can replace them
@@ -299,7 +315,11 @@ def harness():
     os.close(null)
     token, verdict_fd = payload.pop("token"), payload["verdict_fd"]
     if payload.get("best_effort"):
-        _best_effort_limits(payload)
+        try:
+            _confine(payload)
+        except BaseException as exc:  # noqa: BLE001 - fail closed: nothing runs unconfined
+            write(2, f"sandbox setup: {type(exc).__name__}: {exc}\n".encode())
+            exit_now(70)
 
     def report(reason):
         if type(reason) is not str:
@@ -310,22 +330,22 @@ def harness():
         finally:
             exit_now(0)
 
+    if payload.get("role") == "judge":
+        ctypes, libc = _libc()
+        libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # its memory (the token) closed to its own user
+        report(_judge(payload))
+    if payload.get("role") == "candidate":
+        _serve(payload, exit_now)
+
+    # run_program: the program alone passes when it runs to its end (nothing to forge there)
     program_file = os.path.join(payload["work"], "program.py")
     glob = {"__name__": "__main__", "__builtins__": builtins, "__file__": program_file}
     try:
         code = compile(payload["code"], program_file, "exec", dont_inherit=True)
-        tests = compile(_plain_value_asserts(ast, payload["tests"]), "tests", "exec", dont_inherit=True)
     except SyntaxError as exc:
         report(f"failed: SyntaxError: {exc.msg} (line {exc.lineno})")
-    saved_builtins = dict(builtins.__dict__)
-    helpers = {"_kit_eq_": _make_check(program_file, True), "_kit_ne_": _make_check(program_file, False)}
-    _guard(payload)
     try:
         exec(code, glob)
-        builtins.__dict__.clear()
-        builtins.__dict__.update(saved_builtins)
-        glob.update(helpers)
-        exec(tests, glob)
         reason = "passed"
     except MemoryError:
         reason = "memory"
@@ -340,108 +360,409 @@ def harness():
     report(reason)
 
 
-def _plain_value_asserts(ast, source):
-    """`assert a == b` becomes `assert _kit_eq_(a, b)` (and `!=` likewise), so a value whose
-    class the program defined cannot pass by answering `==` with True."""
+# ---------------------------------------------------------------- verdicts: judge and candidate
+#
+# run_tests() runs two sandboxes side by side: the candidate (the program alone, no tests, no
+# token) and the judge (the tests and the token, no program code). The tests call the
+# program's functions through two pipes; what comes back is plain data (exact builtin types,
+# rebuilt by the judge from JSON), so every comparison, `in`, `and`, `abs(x - y) < e` or bare
+# `assert` runs on the judge's own objects, in a process the program cannot reach.
 
-    class Rewrite(ast.NodeTransformer):
-        def visit_Assert(self, node):
-            self.generic_visit(node)
-            t = node.test
-            if isinstance(t, ast.Compare) and len(t.ops) == 1 and isinstance(t.ops[0], ast.Eq | ast.NotEq):
-                name = "_kit_eq_" if isinstance(t.ops[0], ast.Eq) else "_kit_ne_"
-                node.test = ast.Call(ast.Name(name, ast.Load()), [t.left, t.comparators[0]], [])
-            return node
-
-    tree = Rewrite().visit(ast.parse(source))
-    return ast.fix_missing_locations(tree)
+MAX_MESSAGE = 4 << 20  # bytes in one answer
+PLAIN = (type(None), bool, int, float, str)
+STOPPED = "failed: the program stopped answering"
+FIXED_REASONS = ("memory", "timeout", "exited before the tests ran to the end")
 
 
-def _make_check(program_file, equal):
-    special = ("__eq__", "__ne__", "__bool__", "__len__", "__hash__", "__float__", "__int__", "__index__")
-
-    def program_made(value, depth=0):
-        t = type(value)
-        if t in (int, float, complex, bool, str, bytes, type(None)):
-            return False
-        if depth > 20:
-            return True
-        if t in (list, tuple, set, frozenset):
-            return any(program_made(v, depth + 1) for v in value)
-        if t is dict:
-            return any(program_made(k, depth + 1) or program_made(v, depth + 1) for k, v in value.items())
-        for klass in t.__mro__:
-            for name in special:
-                fn = klass.__dict__.get(name)
-                code = getattr(fn, "__code__", None)
-                if code is not None and code.co_filename == program_file:
-                    return True
-        return False
-
-    def check(a, b):
-        for v in (a, b):
-            if program_made(v):
-                raise AssertionError(f"compared a {type(v).__name__} object the program defined "
-                                     "(with its own comparison) where a plain value was expected")
-        return (a == b) if equal else (a != b)
-
-    return check
+class _NotPlain(TypeError):
+    pass
 
 
-def _guard(payload):
-    """Refuse the interpreter's ways to other frames' locals, to raw memory and to tracing.
-    Python's audit hooks are not a security boundary (see kit/sandbox.py's docstring)."""
-    blocked = {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames",
-               "sys._current_exceptions", "sys.settrace", "sys.setprofile", "code.__new__"}
-    frame_attrs = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}
-    best_effort = bool(payload.get("best_effort"))
-    work = payload.get("work", "")
-    readable = tuple(payload.get("readable", ()))
-    spawn = ("os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-             "subprocess.Popen", "pty.spawn", "os.kill", "os.killpg", "signal.pthread_kill")
-    paths = ("os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.chmod", "os.chown", "os.symlink",
-             "os.link", "os.truncate", "os.utime", "shutil.rmtree", "shutil.copyfile", "os.chdir")
-
-    def inside(path, roots):
-        return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
-
-    def hook(event, args):
-        if event in blocked:
-            raise RuntimeError(f"{event} is disabled in the sandbox")
-        if event == "sys._getframe":
-            raise ValueError("sys._getframe is disabled in the sandbox")  # the stdlib copes
-        if event == "object.__getattr__" and args[1] in frame_attrs:
-            raise AttributeError(f"{args[1]} is disabled in the sandbox")
-        if event == "import" and str(args[0]).split(".")[0] in ("ctypes", "_ctypes"):
-            raise ImportError("ctypes is disabled in the sandbox")
-        if not best_effort:
-            return
-        if event.startswith("socket."):
-            raise OSError("network access is disabled in the sandbox")
-        if event.startswith(spawn):
-            raise OSError(f"{event} is disabled in the sandbox")
-        if event == "open" or event in paths:
-            target = args[0]
-            if isinstance(target, int) or target is None:
-                return
-            path = os.path.realpath(os.fsdecode(target))
-            if inside(path, [work]):
-                return
-            flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
-            writing = event != "open" or (isinstance(args[1], str) and any(c in args[1] for c in "wax+")) \
-                or (isinstance(args[2], int) and args[2] & flags)
-            if writing or not inside(path, readable) or inside(path, ["/proc"]):
-                raise PermissionError(f"{path}: outside the sandbox folder")
-
-    sys.addaudithook(hook)
+def _encode(value, convert=None, refs=None, depth=0):
+    """JSON for plain data (exact builtin types only); `convert` may turn other values into
+    plain ones (the candidate's side: numpy); `refs` maps judge-side handles to their ids."""
+    t = type(value)
+    if depth > 100:
+        raise _NotPlain("nested more than 100 deep")
+    if t in PLAIN:
+        return value
+    if t is list:
+        return [_encode(v, convert, refs, depth + 1) for v in value]
+    if t in (tuple, set, frozenset):
+        return {"t": t.__name__, "v": [_encode(v, convert, refs, depth + 1) for v in value]}
+    if t is dict:
+        return {"t": "dict", "v": [[_encode(k, convert, refs, depth + 1),
+                                    _encode(v, convert, refs, depth + 1)] for k, v in value.items()]}
+    if t is bytes:
+        return {"t": "bytes", "v": value.hex()}
+    if t is complex:
+        return {"t": "complex", "v": [value.real, value.imag]}
+    if refs is not None and t is _Remote:
+        return {"t": "ref", "v": refs(value)}
+    if convert is not None:
+        return _encode(convert(value), None, refs, depth + 1)
+    raise _NotPlain(f"a {t.__name__} is not plain data")
 
 
-def _best_effort_limits(payload):
+def _decode(j, refs=None, depth=0):
+    """The judge's objects from JSON: only exact builtin types come out (`refs`: the
+    candidate's side, which may also receive its own objects back)."""
+    t = type(j)
+    if depth > 100:
+        raise ValueError("nested more than 100 deep")
+    if t in PLAIN:
+        return j
+    if t is list:
+        return [_decode(v, refs, depth + 1) for v in j]
+    if t is dict and type(j.get("t")) is str:
+        kind, v = j["t"], j.get("v")
+        if kind in ("tuple", "set", "frozenset") and type(v) is list:
+            items = [_decode(x, refs, depth + 1) for x in v]
+            return {"tuple": tuple, "set": set, "frozenset": frozenset}[kind](items)
+        if kind == "dict" and type(v) is list:
+            return {_decode(k, refs, depth + 1): _decode(x, refs, depth + 1) for k, x in v}
+        if kind == "bytes" and type(v) is str:
+            return bytes.fromhex(v)
+        if kind == "complex" and type(v) is list and len(v) == 2:
+            return complex(float(v[0]), float(v[1]))
+        if kind == "ref" and refs is not None:
+            return refs[v]
+    raise ValueError("not plain data")
+
+
+class _Conn:
+    """Newline-delimited JSON over two pipes."""
+
+    def __init__(self, rfd, wfd):
+        self.r, self.w = os.fdopen(rfd, "rb"), wfd
+
+    def send(self, obj):
+        data = (json.dumps(obj) + "\n").encode()
+        while data:
+            data = data[os.write(self.w, data):]
+
+    def recv(self):
+        line = self.r.readline(MAX_MESSAGE + 1)
+        if len(line) > MAX_MESSAGE:
+            raise RuntimeError(f"an answer of more than {MAX_MESSAGE >> 20} MiB")
+        if not line.endswith(b"\n"):
+            raise EOFError("the program stopped answering")
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise RuntimeError("the program sent something that is not an answer") from None
+
+
+class _Remote:
+    """The judge's stand-in for an object that lives in the program (a function, an instance):
+    it can be called, and its attributes, items, length and iteration asked for; comparing it,
+    hashing it or asking its truth refuses, since only plain data is judged."""
+
+    __slots__ = ("_conn", "_ref", "_kind")
+
+    def __init__(self, conn, ref, kind):
+        self._conn, self._ref, self._kind = conn, ref, kind
+
+    def _ask(self, op, **fields):
+        conn = self._conn
+        conn.send(dict(fields, op=op, ref=self._ref))
+        return _answer(conn, conn.recv())
+
+    def __call__(self, *args, **kwargs):
+        sent = [_encode(a, refs=_ref_of) for a in args]
+        conn = self._conn
+        conn.send({"op": "call", "ref": self._ref, "args": sent,
+                   "kwargs": {str(k): _encode(v, refs=_ref_of) for k, v in kwargs.items()}})
+        reply = conn.recv()
+        after = reply.get("after") if type(reply) is dict else None
+        if type(after) is list and len(after) == len(args):  # the function changed its arguments
+            for arg, new in zip(args, after):
+                try:
+                    new = _decode(new)
+                except (ValueError, TypeError):
+                    continue
+                if type(arg) is list and type(new) is list:
+                    arg[:] = new
+                elif type(arg) in (dict, set) and type(new) is type(arg):
+                    arg.clear()
+                    arg.update(new)
+        return _answer(conn, reply)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self._ask("attr", name=name)
+
+    def __iter__(self):
+        return self._ask("iter")
+
+    def __next__(self):
+        return self._ask("next")
+
+    def __len__(self):
+        return self._ask("len")
+
+    def __getitem__(self, key):
+        return self._ask("getitem", key=_encode(key, refs=_ref_of))
+
+    def _refuse(self, *_):
+        raise AssertionError(f"used an object of the program's own type {self._kind} where a plain "
+                             "value was expected")
+
+    __eq__ = __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __bool__ = __hash__ = __contains__ = _refuse
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = _refuse
+    __floordiv__ = __mod__ = __pow__ = __neg__ = __abs__ = __float__ = __int__ = __index__ = _refuse
+
+    def __repr__(self):
+        return f"<{self._kind} from the program>"
+
+
+def _ref_of(remote):
+    return remote._ref
+
+
+def _answer(conn, reply):
+    if type(reply) is not dict:
+        raise RuntimeError("the program answered something else")
+    if "value" in reply:
+        return _decode(reply["value"])
+    if type(reply.get("ref")) is int:
+        return _Remote(conn, reply["ref"], str(reply.get("kind"))[:60])
+    if reply.get("stop") is True:
+        raise StopIteration
+    if type(reply.get("raise")) is str:
+        import builtins
+
+        name, message = reply["raise"][:60], str(reply.get("message"))[:200]
+        cls = getattr(builtins, name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, Warning):
+            raise cls(message)
+        raise RuntimeError(f"{name}: {message}")
+    raise RuntimeError("the program answered something else")
+
+
+def _free_names(ast, tree):
+    """Names the tests use but never bind: what they expect from the program."""
+    import builtins
+
+    loads, bound = set(), set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Name):
+            (loads if isinstance(n.ctx, ast.Load) else bound).add(n.id)
+        elif isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            bound.add(n.name)
+        elif isinstance(n, ast.arg):
+            bound.add(n.arg)
+        elif isinstance(n, ast.alias):
+            bound.add((n.asname or n.name).split(".")[0])
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            bound.add(n.name)
+    return sorted(loads - bound - set(dir(builtins)))
+
+
+def _judge(payload):
+    """Run the tests against the program's answers; the reason (only "passed" if they all ran)."""
+    import ast
+    import builtins
+
+    conn = _Conn(*payload["rpc"])
+    try:
+        tree = ast.parse(payload["tests"])
+        tests = compile(tree, "tests", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return f"failed: the tests do not compile: {exc.msg} (line {exc.lineno})"
+    try:
+        first = conn.recv()
+    except (EOFError, ValueError):
+        return STOPPED
+    if type(first) is not dict or first.get("ready") is not True:
+        said = first.get("failed") if type(first) is dict else None
+        said = said[:300] if type(said) is str else "the program did not start"
+        return said if said in FIXED_REASONS else "failed: " + said
+    glob = {"__name__": "__main__", "__builtins__": builtins}
+    try:
+        for name in _free_names(ast, tree):
+            conn.send({"op": "get", "name": name})
+            try:
+                glob[name] = _answer(conn, conn.recv())
+            except (NameError, AttributeError, KeyError):
+                pass  # not defined by the program: a NameError where the tests use it
+        exec(tests, glob)
+        return "passed"
+    except EOFError:
+        return STOPPED
+    except MemoryError:
+        return "memory"
+    except SystemExit:
+        return "exited before the tests ran to the end"
+    except BaseException as exc:  # noqa: BLE001 - any failure of the tests
+        text = str(exc)
+        return f"failed: {type(exc).__name__}" + (f": {text[:200]}" if text else "")
+
+
+def _serve(payload, exit_now):
+    """The candidate: run the program, say whether it started, then answer the judge."""
+    import builtins
+
+    conn = _Conn(*payload["rpc"])
+    program_file = os.path.join(payload["work"], "program.py")
+    glob = {"__name__": "__main__", "__builtins__": builtins, "__file__": program_file}
+    try:
+        exec(compile(payload["code"], program_file, "exec", dont_inherit=True), glob)
+        started = {"ready": True}
+    except SyntaxError as exc:
+        started = {"failed": f"SyntaxError: {exc.msg} (line {exc.lineno})"}
+    except MemoryError:
+        started = {"failed": "memory"}
+    except SystemExit:
+        started = {"failed": "exited before the tests ran to the end"}
+    except BaseException as exc:  # noqa: BLE001
+        started = {"failed": f"{type(exc).__name__}: {str(exc)[:200]}"}
+    conn.send(started)
+    if "failed" in started:
+        exit_now(0)
+    objects = []
+
+    def convert(value):  # library values as plain data: numpy's, Counter, namedtuple, ...
+        if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+            return value.tolist()
+        for base in (bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset):
+            if isinstance(value, base):
+                return base(value)
+        raise _NotPlain(type(value).__name__)
+
+    def reply(value, **extra):
+        try:
+            return dict(extra, value=_encode(value, convert))
+        except _NotPlain:
+            objects.append(value)
+            return dict(extra, ref=len(objects) - 1, kind=type(value).__name__)
+
+    while True:
+        try:
+            req = conn.recv()
+        except EOFError:
+            exit_now(0)
+        try:
+            op = req["op"]
+            if op == "get":
+                if req["name"] not in glob:
+                    raise NameError(f"name {req['name']!r} is not defined")
+                out = reply(glob[req["name"]])
+            else:
+                target = objects[req["ref"]]
+                if op == "call":
+                    args = [_decode(a, objects) for a in req["args"]]
+                    kwargs = {k: _decode(v, objects) for k, v in req["kwargs"].items()}
+                    value = target(*args, **kwargs)
+                    try:
+                        after = [_encode(a, convert) for a in args]
+                    except _NotPlain:
+                        after = None
+                    out = reply(value, after=after)
+                elif op == "attr":
+                    out = reply(getattr(target, req["name"]))
+                elif op == "iter":
+                    out = reply(iter(target))
+                elif op == "next":
+                    out = reply(next(target))
+                elif op == "len":
+                    out = reply(len(target))
+                else:
+                    out = reply(target[_decode(req["key"], objects)])
+        except StopIteration:
+            out = {"stop": True}
+        except BaseException as exc:  # noqa: BLE001 - the program's error, for the tests to see
+            try:
+                out = {"raise": type(exc).__name__, "message": str(exc)[:200]}
+            except BaseException:  # noqa: BLE001
+                out = {"raise": "RuntimeError", "message": "an exception that cannot be printed"}
+        conn.send(out)
+
+
+# ---------------------------------------------------------------- kernel confinement
+
+# Syscalls that hold memory outside RLIMIT_AS (memfd pages, SysV and POSIX shared memory,
+# message queues, io_uring, keyrings), reach other processes (ptrace and friends) or make new
+# namespaces and mounts (a new user namespace could mount a tmpfs of any size). Refused in both
+# modes. Strict mode is one process already; the filter keeps it so in best-effort mode too.
+ALWAYS_DENIED = (
+    "memfd_create", "memfd_secret", "shmget", "shmat", "msgget", "mq_open", "userfaultfd",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "add_key", "request_key", "keyctl",
+    "ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_open", "pidfd_getfd",
+    "pidfd_send_signal", "process_madvise", "perf_event_open", "bpf", "unshare", "setns",
+    "mount", "umount2", "pivot_root", "chroot", "fsopen", "fsmount", "fsconfig", "fspick",
+    "move_mount", "open_tree", "mount_setattr", "fork", "vfork", "setsid", "setpgid",
+    "migrate_pages", "move_pages", "open_by_handle_at", "name_to_handle_at",
+)
+# Best-effort mode only (strict mode has namespaces, and a private tmpfs to write in): no
+# program started, no socket of any kind, no file or folder created, changed or removed anywhere.
+FALLBACK_DENIED = (
+    "execve", "execveat", "socket", "socketpair", "creat", "mkdir", "mkdirat", "mknod", "mknodat",
+    "rename", "renameat", "renameat2", "unlink", "unlinkat", "rmdir", "link", "linkat", "symlink",
+    "symlinkat", "truncate", "chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown",
+    "lchown", "fchownat", "utime", "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr",
+    "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "acct", "swapon", "quotactl",
+)
+FIRST_UNNAMED = 454  # newer syscalls than this libseccomp may name: ENOSYS (same numbers on
+LAST_SYSCALL = 511   # x86_64 and aarch64 from 424 on), so a new kernel adds no way around
+
+
+def seccomp_filter(sc, pid, fallback):
+    """The seccomp filter (libseccomp: it also refuses other ABIs, i386 and x32, on x86_64).
+    Everything else is allowed; each refused call fails with EPERM (ENOSYS for clone3, whose
+    flags a filter cannot read, so that threads fall back to clone)."""
+    import errno
+
+    f = sc.SyscallFilter(sc.ALLOW)
+    deny, nosys = sc.ERRNO(errno.EPERM), sc.ERRNO(errno.ENOSYS)
+    for name in ALWAYS_DENIED + (FALLBACK_DENIED if fallback else ()):
+        f.add_rule(deny, name)
+    f.add_rule(nosys, "clone3")
+    f.add_rule(nosys, "openat2")  # its flags are behind a pointer
+    for nr in range(FIRST_UNNAMED, LAST_SYSCALL + 1):
+        f.add_rule(nosys, nr)
+    # clone only for threads (CLONE_THREAD set): no child process, so nothing outlives the run.
+    f.add_rule(deny, "clone", sc.Arg(0, sc.MASKED_EQ, 0x00010000, 0))
+    # Signals only to itself; limits, priorities and scheduling only its own.
+    for name in ("kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"):
+        f.add_rule(deny, name, sc.Arg(0, sc.NE, pid))
+    for name in ("prlimit64", "setpriority", "sched_setaffinity", "sched_setscheduler",
+                 "sched_setparam", "sched_setattr", "ioprio_set"):
+        arg = 1 if name in ("setpriority", "ioprio_set") else 0
+        f.add_rule(deny, name, sc.Arg(arg, sc.NE, 0))  # 0: the caller itself
+    if fallback:  # files open for reading only
+        for name, arg in (("open", 1), ("openat", 2)):
+            for flag in (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC):
+                f.add_rule(deny, name, sc.Arg(arg, sc.MASKED_EQ, flag, flag))
+    return f
+
+
+def _confine(payload):
+    """Best-effort mode, in the worker before the program runs (it runs as nobody when the kit
+    runs as root: kit/sandbox.py starts it so): limits, then Landlock, then seccomp. Why these
+    libraries rather than our own code: kit/sandbox.py's docstring."""
     import resource
 
+    import pyseccomp  # before the limits: ctypes finds libseccomp by running ldconfig
+
+    if payload.get("drop_root"):  # no capabilities now or later; files: Landlock decides
+        ctypes, libc = _libc()
+        _drop_privileges({"worker_id": 0}, ctypes, libc)
     for name, value in payload["rlimits"].items():
-        limit = getattr(resource, name)
-        try:
-            resource.setrlimit(limit, (value, value))
-        except (ValueError, OSError):
-            pass
+        resource.setrlimit(getattr(resource, name), (value, value))
+    if payload.get("landlock"):
+        import landlockpy as ll
+
+        # Every access right this kernel knows is handled, so refused unless granted below:
+        # reading the system and Python's folders. Signals and abstract Unix sockets are
+        # scoped to this process (ABI 6 on; seccomp refuses both anyway).
+        with ll.Ruleset(scoped=ll.Scope.SIGNAL | ll.Scope.ABSTRACT_UNIX_SOCKET) as rules:
+            for path in payload["readable"] + [payload["work"]]:
+                if os.path.isdir(path):
+                    rules.allow_path(path, ll.AccessFS.READ_FILE | ll.AccessFS.READ_DIR
+                                     | ll.AccessFS.EXECUTE)
+                elif os.path.exists(path):
+                    rules.allow_path(path, ll.AccessFS.READ_FILE)
+            rules.restrict()  # also sets no_new_privs
+    seccomp_filter(pyseccomp, os.getpid(), fallback=True).load()

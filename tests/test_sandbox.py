@@ -20,7 +20,10 @@ strict_only = pytest.mark.skipif(not sandbox.is_strict(), reason=sandbox.describ
 
 
 def attack(program: str, tests: str = "", timeout: float = 3) -> sandbox.Outcome:
-    out = sandbox.run_tests(program, tests, timeout=timeout)
+    """With tests: the verdict (run_tests); without: the program alone, passing if it ran to its
+    end (run_program; run_tests refuses a task with no tests)."""
+    out = (sandbox.run_tests(program, tests, timeout=timeout) if tests
+           else sandbox.run_program(program, timeout=timeout))
     assert not out.passed, f"the attack worked: {out}"
     assert not out.reason.startswith("sandbox error"), out
     return out
@@ -107,6 +110,97 @@ def test_values_from_libraries_still_compare():
     pytest.importorskip("numpy")
     code = "import numpy as np\ndef f():\n    return np.int64(3)"
     assert sandbox.run_tests(code, "assert f() == 3").passed
+
+
+# Ways to pass a failing test. Those marked "forged" passed on main (2026-12-04), when the tests
+# ran in the candidate's process; the others were held there by an audit hook, which is gone:
+# the verdict now comes from a judge process that the candidate never runs in, on plain data.
+HUNT = ("import os\ndef _forge(frame):\n    while frame is not None:\n"
+        "        for v in list(frame.f_locals.values()):\n"
+        "            if isinstance(v, str) and len(v) == 32:\n"
+        "                for fd in range(3, 64):\n"
+        "                    try: os.write(fd, (v + '\\npassed').encode())\n"
+        "                    except OSError: pass\n"
+        "                os._exit(0)\n"
+        "        frame = frame.f_back\n")
+ANYTHING = "class A:\n    def __eq__(self, o):\n        return True\ndef f(x):\n    return A()\n"
+FORGERIES = {
+    # a signal handler's frame walks f_back to the harness's token (forged, strict mode)
+    "signal-frames": (HUNT + "import signal\nsignal.signal(signal.SIGUSR1, lambda s, fr: _forge(fr))\n"
+                      "def f(x):\n    os.kill(os.getpid(), signal.SIGUSR1)\n    return x\n",
+                      "assert f(1) == 2"),
+    "getframe": (HUNT + "import sys\ndef f(x):\n    _forge(sys._getframe())\n", "assert f(1) == 2"),
+    "inspect": (HUNT + "import inspect\ndef f(x):\n    _forge(inspect.currentframe())\n", "assert f(1) == 2"),
+    "gc": ("import gc, os, re\ndef f(x):\n"
+           "    found = [v for o in gc.get_objects() if isinstance(o, dict) for v in list(o.values())\n"
+           "             if isinstance(v, str) and re.fullmatch('[0-9a-f]{32}', v)]\n"
+           "    for fd in range(3, 64):\n        for t in found:\n"
+           "            try: os.write(fd, (t + '\\npassed').encode())\n            except OSError: pass\n"
+           "    os._exit(0)\n", "assert f(1) == 2"),
+    # _ctypes loaded from its file, then the current frame read through the C API
+    "ctypes-by-file": (HUNT + "import importlib.util, sys\n"
+                       "spec = importlib.util.spec_from_file_location('_ctypes', "
+                       "importlib.util.find_spec('_ctypes').origin)\n"
+                       "m = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(m)\n"
+                       "sys.modules['_ctypes'] = m\nimport ctypes\n"
+                       "_forge(ctypes.cast(ctypes.pythonapi.PyEval_GetFrame(), ctypes.py_object).value)\n"
+                       "def f(x):\n    return x\n", "assert f(1) == 2"),
+    # builtins patched from inside a call, after the harness restored them (forged)
+    "patched-builtins": ("def f(x):\n    import builtins\n    builtins.abs = lambda v: 0\n    return 0\n",
+                         "assert f(1) == 0\nassert abs(f(2) - 5) < 1e-9"),
+    # equality rigged where an `assert a == b` rewrite does not look (each forged)
+    "eq-staticmethod": ("class A:\n    __eq__ = staticmethod(lambda *a: True)\ndef f(x):\n    return A()\n",
+                        "assert f(1) == 2"),
+    "eq-partialmethod": ("import functools\ndef t(*a):\n    return True\nclass A:\n"
+                         "    __eq__ = functools.partialmethod(t)\ndef f(x):\n    return A()\n",
+                         "assert f(1) == 2"),
+    "assert-in": (ANYTHING, "assert f(1) in [2, 3]"),
+    "assert-and": (ANYTHING, "assert f(1) == 2 and f(2) == 4"),
+    "assert-abs": ("class A:\n    def __sub__(self, o):\n        return 0\ndef f(x):\n    return A()\n",
+                   "assert abs(f(1) - 2.5) < 1e-6"),
+    "assert-all": (ANYTHING, "assert all(f(i) == 2 * i + 1 for i in range(3))"),
+    # the answer looked up in the tests, which used to sit in the program's own file (forged)
+    "reads-the-tests": ("def f(x):\n    import re\n    src = open(__file__).read()\n"
+                        "    return int(re.search(r'f\\(1\\) == (\\d+)', src).group(1))\n",
+                        "assert f(1) == 2"),
+    "exit-in-finally": ("import os\ndef f(x):\n    try:\n        return 0\n    finally:\n"
+                        "        os._exit(0)\n",
+                        "assert f(1) == 2"),
+    "inherited-fds": ("import os\ndef f(x):\n    for fd in range(64):\n"
+                      "        try: os.write(fd, b'passed\\n')\n"
+                      "        except OSError: pass\n    return 0\n", "assert f(1) == 2"),
+}
+
+
+@pytest.mark.parametrize("force", [False, True], ids=["auto", "best-effort"])
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_forgery_corpus(name, force, monkeypatch):
+    monkeypatch.setattr(sandbox, "FORCE_BEST_EFFORT", force)
+    program, tests = FORGERIES[name]
+    attack(program, tests)
+
+
+def test_a_task_without_tests_is_refused():
+    for tests in ("", "f(1)", "print('ok')"):
+        out = sandbox.run_tests("def f(x):\n    return x", tests)
+        assert not out.passed and out.reason.startswith("refused: the task has no tests"), out
+
+
+def test_the_tests_still_use_the_program_as_before():
+    code = ("class Stack:\n    def __init__(self):\n        self.items = []\n"
+            "    def push(self, x):\n        self.items.append(x)\n        return len(self.items)\n"
+            "def squares(n):\n    for i in range(n):\n        yield i * i\n"
+            "def positive(x):\n    if x < 0:\n        raise ValueError('negative')\n    return x\n"
+            "def add_one(xs):\n    xs.append(1)\n"
+            "LIMIT = 3\n")
+    tests = ("s = Stack()\nassert s.push(4) == 1 and s.push(5) == 2 and s.items == [4, 5]\n"
+             "assert list(squares(LIMIT)) == [0, 1, 4]\n"
+             "try:\n    positive(-1)\n    assert False\n"
+             "except ValueError as e:\n    assert 'negative' in str(e)\n"
+             "xs = []\nadd_one(xs)\nassert xs == [1]\n"
+             "assert abs(positive(0.1 + 0.2) - 0.3) < 1e-9\n")
+    assert sandbox.run_tests(code, tests).passed, sandbox.run_tests(code, tests)
+    assert "NameError" in sandbox.run_tests("x = 1", "assert f(1) == 1").reason
 
 
 # ---------------------------------------------------------------- isolation (strict machines)
@@ -266,6 +360,7 @@ def test_best_effort_says_it_is_weaker_and_strict_refuses(best_effort):
     assert not sandbox.is_strict()
     line = sandbox.describe()
     assert line.startswith("sandbox: best-effort") and "weaker" in line, line
+    assert "seccomp: no exec" in line and ("Landlock ABI" in line or "no Landlock" in line), line
     with pytest.raises(KitError, match="sandbox=best-effort runs generated code anyway"):
         sandbox.check("strict")
     assert sandbox.check("best-effort") == line
@@ -288,3 +383,120 @@ def test_strict_wherever_the_machine_allows_namespaces():
     allowed = subprocess.run(["unshare", "-Urnmpf", "true"], capture_output=True).returncode == 0
     if allowed and os.environ.get("KIT_SANDBOX") != "best-effort":
         assert sandbox.is_strict(), line  # no silent fall back to the weaker mode
+
+
+# The one-line escape from the old best-effort mode (a Python audit hook): `subprocess` asks
+# `sys.audit` from Python code, so rebinding it let a shell run with the caller's rights. Each
+# program below tries the direct way first, then that shell; the fallback must refuse both.
+ESCAPE = "import os, signal, socket, subprocess, sys\nsys.audit = lambda *a: None\n"
+
+
+def shell(command: str) -> str:
+    return f"subprocess.run(['/bin/bash', '-c', {command!r}], check=True, timeout=5)\n"
+
+
+def test_best_effort_no_program_runs(best_effort):
+    out = attack(ESCAPE + shell("exit 0"))
+    assert "PermissionError" in out.reason, out
+    attack(ESCAPE + "os.execv('/bin/true', ['true'])")
+
+
+def test_best_effort_cannot_read_root_only_files_or_the_token(best_effort, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_secret_for_test")
+    for path in ("/etc/shadow", "/proc/self/environ", f"/proc/{os.getpid()}/environ"):
+        attack(ESCAPE + f"try:\n    text = open({path!r}).read()\nexcept OSError:\n"
+               f"    text = subprocess.run(['cat', {path!r}], capture_output=True, check=True).stdout\n"
+               "assert text")
+    attack(ESCAPE + "assert 'hf_fake' in repr(os.environ)")
+    attack(ESCAPE + "try:\n    text = open(f'/proc/{os.getppid()}/environ').read()\nexcept OSError:\n"
+           "    text = subprocess.run(['cat', f'/proc/{os.getppid()}/environ'], capture_output=True,"
+           " text=True).stdout\nassert 'hf_fake' in text")
+
+
+def test_best_effort_no_outbound_connection(best_effort):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        attack(ESCAPE + f"try:\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+               f"except OSError:\n    {shell(f'exec 3<>/dev/tcp/127.0.0.1/{port}')}")
+        attack(ESCAPE + "import _socket\n_socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)")
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        server.close()
+
+
+def test_best_effort_cannot_move_or_make_files_anywhere(best_effort, tmp_path):
+    src, dst = tmp_path / "kept.txt", tmp_path / "moved.txt"
+    src.write_text("x")
+    attack(ESCAPE + f"try:\n    os.rename({str(src)!r}, {str(dst)!r})\n"
+           f"except OSError:\n    {shell(f'mv {src} {dst}')}")
+    attack(ESCAPE + f"open({str(tmp_path / 'new.txt')!r}, 'w').write('x')")
+    attack(ESCAPE + "open('/dev/shm/kit-sandbox-test', 'w').write('x')")
+    assert src.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
+    assert not os.path.exists("/dev/shm/kit-sandbox-test")
+
+
+def test_best_effort_cannot_signal_a_host_process(best_effort):
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        attack(ESCAPE + f"try:\n    os.kill({sleeper.pid}, signal.SIGKILL)\n"
+               f"except OSError:\n    {shell(f'kill -9 {sleeper.pid}')}")
+        attack(ESCAPE + "os.kill(-1, signal.SIGKILL)\nassert False")
+        time.sleep(0.2)
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_best_effort_leaves_no_daemon(best_effort):
+    marker = f"kit-daemon-{uuid.uuid4().hex}"
+    sandbox.run_tests(ESCAPE + f"subprocess.Popen(['/bin/sh', '-c', 'sleep 30; : {marker}'], "
+                      "start_new_session=True)\n", "assert True", timeout=2)
+    sandbox.run_tests(DAEMON.format(marker=marker, tail=""), "assert True", timeout=2)
+    time.sleep(0.2)
+    assert _alive(marker) == []
+
+
+def test_best_effort_runs_ordinary_code_and_the_mode_argument_forces_it():
+    assert sandbox.run_tests("def f(x):\n    return sorted(x)", "assert f([2, 1]) == [1, 2]",
+                             mode="best-effort").passed
+    assert "best-effort" in sandbox.isolation(mode="best-effort").line
+    # the fallback writes no file at all; strict code has its private tmpfs
+    assert not sandbox.run_program("open('x', 'w').write('x')", mode="best-effort").passed
+    if sandbox.is_strict():
+        assert sandbox.run_program("open('x', 'w').write('x')").passed
+
+
+# Memory that RLIMIT_AS does not count: memfd pages (written, never mapped), 10 x 64 MiB here.
+MEMFD = ("import os\nfds = []\nfor _ in range(10):\n    fd = os.memfd_create('x')\n"
+         "    for _ in range(64):\n        os.write(fd, b'x' * 2**20)\n    fds.append(fd)\n"
+         "assert len(fds) == 10")
+
+
+@strict_only
+def test_memfd_counts_against_the_memory_limit_strict():
+    attack(MEMFD)
+
+
+def test_memfd_counts_against_the_memory_limit_best_effort(best_effort):
+    attack(MEMFD)
+    attack("import multiprocessing.shared_memory as sm\nsm.SharedMemory(create=True, size=2**30)")
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_failure_reasons_cannot_drive_the_terminal(force, monkeypatch):
+    monkeypatch.setattr(sandbox, "FORCE_BEST_EFFORT", force)
+    osc52 = "\\x1b]52;c;" + "aGVsbG8=" + "\\x07"  # a clipboard write, as the program writes it
+    out = attack(f"raise ValueError('{osc52}\\u202e\\r\\nnext line')")
+    assert not any(not c.isprintable() for c in out.reason), repr(out.reason)
+    assert "\\x1b]52" in out.reason and "\\u202e" in out.reason, out.reason
+
+
+def test_an_oversized_answer_fails_in_one_line():
+    out = sandbox.run_tests("def f(x):\n    return 'x' * 10**7", "assert len(f(1)) == 10**7")
+    assert not out.passed and "an answer of more than 4 MiB" in out.reason, out
