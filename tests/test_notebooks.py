@@ -319,8 +319,21 @@ def _execute(nb, bare, cwd, name: str, timeout: float = 900) -> None:
     try:
         NotebookClient(nb, kernel_name=bare.name, timeout=timeout, startup_timeout=120,
                        resources={"metadata": {"path": str(cwd)}}).execute()
-    finally:  # with its outputs, to read when a cell failed
+    finally:  # with its outputs, to read when a cell failed; and the time each cell took
         nbformat.write(nb, cwd.parent / f"{name}.ipynb")
+        times = []
+        for c in nb.cells:
+            run = c.metadata.get("execution", {})
+            if "iopub.execute_input" in run and "shell.execute_reply" in run:
+                took = _when(run["shell.execute_reply"]) - _when(run["iopub.execute_input"])
+                times.append(f"{c.id} {took:.0f} s")
+        print(f"{name}: {', '.join(times)}")
+
+
+def _when(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _kit_from(bare) -> nbformat.NotebookNode:
@@ -362,7 +375,7 @@ def test_install_cell_stops_with_one_line(bare_kernel, tmp_path):
         with pytest.raises(CellExecutionError):
             _execute(nb, bare_kernel, work, name, timeout=300)
         [error] = [o for o in nb.cells[1].outputs if o.output_type == "error"]
-        assert error.traceback == [error.traceback[0]] and error.traceback[0].startswith(says), error.traceback
+        assert len(error.traceback) == 1 and error.traceback[0].startswith(says), error.traceback
         assert nb.cells[2].outputs == []
 
 
