@@ -139,10 +139,18 @@ KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3
 # ---------------------------------------------------------------- the pins
 
 
-def requirement_lines(path: Path) -> list[str]:
-    """A requirements file's requirements, comments and blank lines dropped, order kept."""
+# In requirements/stack.txt, what follows this line is for the checkout's tests and lint only;
+# a notebook does not install it.
+DEV_TOOLS = "# test and lint tools"
+
+
+def requirement_lines(path: Path, until: str | None = None) -> list[str]:
+    """A requirements file's requirements, comments and blank lines dropped, order kept; with
+    `until`, only those above the line `until`."""
     out = []
     for line in path.read_text().splitlines():
+        if until is not None and line.strip() == until:
+            break
         line = line.split(" #", 1)[0].strip()
         if line and not line.startswith("#"):
             out.append(line)
@@ -339,9 +347,12 @@ def install_cell(platform: Platform) -> str:
     text += "# Installed with --no-deps, as scripts/setup_venv.sh does: their own dependencies would\n"
     text += "# replace the CUDA torch with another build.\n"
     text += _pylist("NO_DEPS", [s for group in setup["no_deps"] for s in group])
-    text += "# requirements/constraints.txt, then requirements/stack.txt:\n"
+    text += "# requirements/constraints.txt, then requirements/stack.txt (less its test and lint tools):\n"
     text += _pylist("CONSTRAINTS", constraints)
-    text += _pylist("STACK", requirement_lines(STACK))
+    stack = requirement_lines(STACK, until=DEV_TOOLS)
+    if stack == requirement_lines(STACK):
+        raise SystemExit(f"{STACK}: no line {DEV_TOOLS!r} above the checkout's own tools")
+    text += _pylist("STACK", stack)
     text += INSTALL_CODE
     return text.rstrip() + "\n"
 

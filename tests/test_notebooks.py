@@ -41,8 +41,10 @@ def cell(nb, cell_id: str):
     return next(c for c in nb.cells if c.get("id") == cell_id)
 
 
-def requirements(name: str) -> list[str]:
+def requirements(name: str, until: str = "") -> list[str]:
     lines = (ROOT / "requirements" / name).read_text().splitlines()
+    if until:
+        lines = lines[:lines.index(until)]
     return [s.split(" #")[0].strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
 
@@ -182,7 +184,8 @@ def test_install_cell_pins_the_tested_stack(platform):
         source = cell(notebook(platform, recipe), "install").source
         values = _assigned(source)
         assert values["CONSTRAINTS"] == requirements("constraints.txt")
-        assert values["STACK"] == requirements("stack.txt")
+        assert values["STACK"] == requirements("stack.txt", until="# test and lint tools")
+        assert "pytest" in requirements("stack.txt") and "pytest" not in values["STACK"]
         assert values["NO_DEPS"] == [f"unsloth=={unsloth}", f"unsloth_zoo=={unsloth}", smollm2]
         torch_pin = next(c for c in values["CONSTRAINTS"] if c.startswith("torch"))
         assert torch_pin.removeprefix("torch") in values["TORCH"]
