@@ -11,7 +11,7 @@ LLAMA_STAMP := $(VENV)/.kit-llama
 NEEDS_LLAMA := $(if $(findstring gguf,$(ARGS))$(findstring export=all,$(ARGS)),$(LLAMA_STAMP))
 
 .DEFAULT_GOAL := run
-.PHONY: run plan bench notebooks test test-fast lint setup gguf-tools clean check-recipe
+.PHONY: run plan bench gpu-check gpu-bundle notebooks test test-fast lint setup gguf-tools clean check-recipe
 
 $(STAMP): requirements/stack.txt requirements/constraints.txt scripts/setup_venv.sh pyproject.toml
 	bash scripts/setup_venv.sh
@@ -40,6 +40,15 @@ plan: $(STAMP) check-recipe
 bench: $(STAMP)
 	@if nvidia-smi >/dev/null 2>&1; then $(PY) bench/bench.py suite --shape 8b --seq 2048 $(ARGS); \
 	else $(PY) bench/bench.py suite --shape tiny --seq 256 --batch 4 --steps 8 --out outputs/bench-cpu.json $(ARGS); fi
+
+# Prove the GPU path on the card at hand (bench/gpu_check.py): speed on 8B shapes, each recipe end
+# to end in 4-bit; outputs/gpu-check.json and .md. Needs no network: on a GPU machine without the
+# stack, it installs the wheels `make gpu-bundle` gathered into .gpu/ beforehand.
+gpu-check:
+	bash scripts/gpu_check.sh $(ARGS)
+
+gpu-bundle: $(STAMP)
+	bash scripts/gpu_bundle.sh
 
 # Regenerate notebooks/ from the recipes (tests fail while they are out of date).
 notebooks: $(STAMP)

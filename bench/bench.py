@@ -120,35 +120,88 @@ class StepClock:
         return (n[-1] - n[0]) / (t[-1] - t[0]) if len(t) > 1 else float("nan")
 
 
-def run_kit(a, data, clock: StepClock, result: dict):
-    """The kit's own path: kit.models.load / add_lora and kit.train.train, as the recipes run,
-    with the run's `packing=auto` choice."""
-    from kit import models, train
+def load_kit(a):
+    """The kit's loader and LoRA, as the recipes run them (4-bit on a GPU)."""
+    from kit import models
+    from kit.choice import ModelChoice
+    from kit.config import RecipeConfig, apply_overrides
+    from kit.device import detect_device
+
+    gpu = detect_device().gpu
+    choice = ModelChoice(str(a.model), "bench model", "benchmark")
+    model, tok = models.load(choice, a.seq, load_in_4bit=gpu)
+    cfg = apply_overrides(RecipeConfig(), [f"lora.r={a.rank}", f"lora.alpha={a.rank}"])
+    gc = {"off": False, "on": True, "unsloth": "unsloth"}[a.gc]
+    return models.add_lora(model, cfg.lora, gc, cfg.seed), tok
+
+
+def bins_of(data: list, seq: int) -> list[list]:
+    """Rows grouped first-fit-decreasing into bins of at most `seq` tokens, as TRL's `bfd`
+    packing groups them; a step's micro-batch is then `micro` full bins, not `micro` rows."""
+    bins: list[list] = []
+    room: list[int] = []
+    for row in sorted(data, key=lambda r: -len(r[0])):
+        at = next((i for i, free in enumerate(room) if free >= len(row[0])), None)
+        if at is None:
+            bins.append([row])
+            room.append(seq - len(row[0]))
+        else:
+            bins[at].append(row)
+            room[at] -= len(row[0])
+    return bins
+
+
+PACKING_KEY = {"padding-free": "on", "packed": "on", "padded": "off", "grouped": "off"}  # bench → kit
+
+
+def train_kit(model, tok, a, data, clock: StepClock, result: dict, batching: str = "auto") -> None:
+    """kit.train.train on `data`: `padded`, `padding-free` (the kit's packing=on), `packed`
+    (bins of rows up to --seq tokens laid end to end, padding-free) or `auto` (the kit's own
+    packing=auto choice)."""
+    from kit import train
     from kit.config import RecipeConfig, apply_overrides
     from kit.data import Encoded
+    from kit.device import detect_device
 
-    gpu = models.detect_device().gpu
-    choice = models.ModelChoice(str(a.model), "bench model", "benchmark")
-    model, tok = models.load(choice, a.seq, load_in_4bit=gpu)
+    gpu = detect_device().gpu
     cfg = apply_overrides(RecipeConfig(), [f"max_steps={a.steps}", f"batch_size={a.micro * a.accum}",
                                            f"max_seq_length={a.seq}", "save_steps=0", "warmup_steps=1",
                                            f"lora.r={a.rank}", f"lora.alpha={a.rank}",
-                                           "packing=" + {"padding-free": "on", "padded": "off",
-                                                         "grouped": "off"}.get(a.batching, "auto")])
-    gc = {"off": False, "on": True, "unsloth": "unsloth"}[a.gc]
-    model = models.add_lora(model, cfg.lora, gc, cfg.seed)
+                                           "packing=" + PACKING_KEY.get(batching, "auto")])
     encoded = [Encoded(ids, labels) for ids, labels in data]
-    packing, why = train.choose_packing(cfg, model, encoded, a.micro)
-    result.update(batching="padding-free" if packing else "padded", batching_reason=why)
+    segments: dict[tuple, list[Encoded]] = {}
+    if batching == "packed":  # one training row per bin; the collator splits it back into its rows
+        packed = []
+        for rows_in_bin in bins_of(data, a.seq):
+            whole = Encoded([i for r in rows_in_bin for i in r[0]], [x for r in rows_in_bin for x in r[1]])
+            segments[tuple(whole.input_ids)] = [Encoded(*r) for r in rows_in_bin]
+            packed.append(whole)
+        encoded = packed
+        result.update(batching="packed", batching_reason=f"{len(data)} rows in {len(packed)} bins of "
+                      f"<= {a.seq} tokens", rows_per_bin=round(len(data) / len(packed), 2))
+        packing = True
+    else:
+        packing, why = train.choose_packing(cfg, model, encoded, a.micro)
+        result.update(batching="padding-free" if packing else "padded", batching_reason=why)
     inner = train.collator_for(tok, packing)
 
     class Collator:  # the kit's collator, also feeding the step clock
         def __call__(self, features):
+            if segments:
+                features = [{"input_ids": e.input_ids, "labels": e.labels}
+                            for f in features for e in segments[tuple(f["input_ids"])]]
             return clock.count(inner(features))
 
     train.train(model, tok, encoded, cfg, gpu=gpu, bf16=gpu, learning_rate=2e-4,
                 checkpoint_dir=f"/tmp/bench-kit-{os.getpid()}", callbacks=(clock.callback(),),
                 micro_batch=a.micro, grad_accum=a.accum, collator=Collator(), packing=packing)
+
+
+def run_kit(a, data, clock: StepClock, result: dict):
+    """The kit's own path: kit.models.load / add_lora and kit.train.train, as the recipes run,
+    with the run's `packing=auto` choice (or --batching)."""
+    model, tok = load_kit(a)
+    train_kit(model, tok, a, data, clock, result, a.batching)
     return model
 
 
@@ -173,21 +226,12 @@ def plain_rows_stay_apart(model) -> tuple[bool, float, float]:
     return off <= 1e-5 * max(alone, 1.0) or off * 20 <= leak, off, leak
 
 
-def run_plain(a, data, clock: StepClock, result: dict):
+def load_plain(a):
     """The baseline a user would write without the kit: 4-bit NF4 via bitsandbytes, PEFT LoRA,
-    SDPA attention, paged 8-bit AdamW, transformers' Trainer. On rows of different lengths, at
-    its best: padding-free where SDPA keeps packed rows apart, else length-grouped batches."""
+    SDPA attention."""
     import torch
-    from datasets import Dataset
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        BitsAndBytesConfig,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     cuda = torch.cuda.is_available()
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -202,13 +246,25 @@ def run_plain(a, data, clock: StepClock, result: dict):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=a.gc != "off")
     model = get_peft_model(model, LoraConfig(r=a.rank, lora_alpha=a.rank, lora_dropout=0.0,
                                              target_modules=list(TARGETS), task_type="CAUSAL_LM"))
-    varied = len({len(r[0]) for r in data}) > 1
+    return model, tok
+
+
+def train_plain(model, tok, a, data, clock: StepClock, result: dict, batching: str = "auto") -> None:
+    """The baseline's training: paged 8-bit AdamW, transformers' Trainer. On rows of different
+    lengths, at its best: padding-free where SDPA keeps packed rows apart, else length-grouped
+    batches."""
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    cuda = torch.cuda.is_available()
+    wanted, varied = batching, len({len(r[0]) for r in data}) > 1
     batching = "padded"
-    if varied and a.batching in ("auto", "padding-free"):
+    if varied and wanted in ("auto", "padding-free"):
         ok, off, leak = plain_rows_stay_apart(model)
         result.update(plain_isolation={"ok": ok, "packed_off_by": off, "leak_off_by": leak})
-        batching = "padding-free" if ok or a.batching == "padding-free" else "grouped"
-    elif varied and a.batching == "grouped":
+        batching = "padding-free" if ok or wanted == "padding-free" else "grouped"
+    elif varied and wanted == "grouped":
         batching = "grouped"
     result.update(batching=batching)
     if batching == "padding-free":
@@ -236,45 +292,63 @@ def run_plain(a, data, clock: StepClock, result: dict):
         train_sampling_strategy="group_by_length" if batching == "grouped" else "random")
     Trainer(model=model, args=args, train_dataset=ds, data_collator=collate,
             callbacks=[clock.callback()]).train()
-    return model
 
 
 def run(a) -> None:
+    """One process, one stack: load the model once, then train each --configs entry (data:batching)
+    in turn with a fresh clock and peak-memory count, one RESULT line each."""
     if a.stack == "kit":
         import unsloth  # noqa: F401  (the kit's order: unsloth before transformers)
     import torch
 
-    if a.budget_gib and torch.cuda.is_available():  # imitate a smaller card
+    cuda = torch.cuda.is_available()
+    if a.budget_gib and cuda:  # imitate a smaller card
         total = torch.cuda.get_device_properties(0).total_memory / 2**30
         torch.cuda.set_per_process_memory_fraction(min(a.budget_gib / total, 1.0))
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(a.model).vocab_size
-    data = rows(a.data, a.micro * a.accum * (a.steps + 1), a.seq, vocab)
-    clock = StepClock()
+    configs = [c.split(":") for c in (a.configs or [f"{a.data}:{a.batching}"])]
     started = time.perf_counter()
-    result = {"stack": a.stack, "gc": a.gc, "micro": a.micro, "accum": a.accum, "seq": a.seq, "data": a.data}
     try:
-        model = (run_kit if a.stack == "kit" else run_plain)(a, data, clock, result)
+        model, tok = (load_kit if a.stack == "kit" else load_plain)(a)
     except torch.OutOfMemoryError:
-        result.update(oom=True)
-        print("RESULT " + json.dumps(result))
+        for kind, batching in configs:
+            print("RESULT " + json.dumps({"stack": a.stack, "gc": a.gc, "micro": a.micro, "accum": a.accum,
+                                          "seq": a.seq, "data": kind, "batching": batching, "oom": True}))
         return
-    result.update(tokens_per_s=round(clock.tokens_per_second(), 1),
-                  wall_s=round(time.perf_counter() - started, 1),
-                  peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available()
-                  else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-                  peak_kind="GPU" if torch.cuda.is_available() else "RAM",
-                  device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu")
+    load_s = time.perf_counter() - started
     # A 4-bit weight counts its unpacked elements (as kit.models.count_parameters does; that
     # module imports unsloth, which this process may not).
     frozen = sum(getattr(getattr(p, "quant_state", None), "shape", p.shape).numel()
                  for p in model.parameters() if not p.requires_grad)
-    # The baseline must run unpatched: importing unsloth changes transformers' classes.
-    result["unsloth_imported"] = "unsloth" in sys.modules
-    result.update(lora_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                  frozen_params=frozen)
-    print("RESULT " + json.dumps(result))
+    for kind, batching in configs:
+        n = a.micro * a.accum * (a.steps + 1) * (8 if batching == "packed" else 1)
+        data = rows(kind, n, a.seq, vocab)
+        clock = StepClock()
+        result = {"stack": a.stack, "gc": a.gc, "micro": a.micro, "accum": a.accum, "seq": a.seq,
+                  "data": kind, "load_s": round(load_s, 1)}
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        try:
+            (train_kit if a.stack == "kit" else train_plain)(model, tok, a, data, clock, result, batching)
+        except torch.OutOfMemoryError:
+            result.update(oom=True)
+            print("RESULT " + json.dumps(result), flush=True)
+            continue
+        result.update(tokens_per_s=round(clock.tokens_per_second(), 1),
+                      wall_s=round(time.perf_counter() - t, 1),
+                      peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda
+                      else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+                      peak_kind="GPU" if cuda else "RAM",
+                      device=torch.cuda.get_device_name(0) if cuda else "cpu",
+                      # The baseline must run unpatched: importing unsloth changes transformers' classes.
+                      unsloth_imported="unsloth" in sys.modules,
+                      lora_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                      frozen_params=frozen)
+        print("RESULT " + json.dumps(result), flush=True)
 
 
 # ---------------------------------------------------------------- the suite (parent process)
@@ -295,20 +369,30 @@ def mfu(r: dict, shape, seq: int) -> float | None:
     return shape.flops_per_token(seq, r["lora_params"]) * r["tokens_per_s"] / (peak * 1e12)
 
 
-def child(model: Path, stack: str, gc: str, micro: int, accum: int, seq: int, data: str, steps: int,
-          budget: float, timeout: float, batching: str = "auto") -> dict:
+def children(model: Path, stack: str, gc: str, micro: int, accum: int, seq: int, configs: list[str],
+             steps: int, budget: float, timeout: float) -> list[dict]:
+    """One child process (`run`) training each of `configs` (data:batching) on one loaded model;
+    one result per config, an `error` where the child gave none."""
     cmd = [sys.executable, __file__, "run", "--model", str(model), "--stack", stack, "--gc", gc,
-           "--micro", str(micro), "--accum", str(accum), "--seq", str(seq), "--data", data,
-           "--steps", str(steps), "--budget-gib", str(budget), "--batching", batching]
+           "--micro", str(micro), "--accum", str(accum), "--seq", str(seq), "--steps", str(steps),
+           "--budget-gib", str(budget), "--configs", *configs]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"stack": stack, "gc": gc, "micro": micro, "seq": seq, "data": data, "error": "timeout"}
-    found = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if not found:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-3:]
-        return {"stack": stack, "gc": gc, "micro": micro, "seq": seq, "data": data, "error": " | ".join(tail)}
-    return json.loads(found[-1][len("RESULT "):])
+        out, err = proc.stdout, proc.stderr
+    except subprocess.TimeoutExpired as e:
+        out, err = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""), "timeout"
+    found = [json.loads(ln[len("RESULT "):]) for ln in out.splitlines() if ln.startswith("RESULT ")]
+    tail = " | ".join((err.strip().splitlines() or ["no output"])[-3:])
+    for config in configs[len(found):]:
+        data, batching = config.split(":")
+        found.append({"stack": stack, "gc": gc, "micro": micro, "accum": accum, "seq": seq, "data": data,
+                      "batching": batching, "error": tail})
+    return found
+
+
+def child(model: Path, stack: str, gc: str, micro: int, accum: int, seq: int, data: str, steps: int,
+          budget: float, timeout: float, batching: str = "auto") -> dict:
+    return children(model, stack, gc, micro, accum, seq, [f"{data}:{batching}"], steps, budget, timeout)[0]
 
 
 def suite(a) -> None:
@@ -454,7 +538,11 @@ def main() -> None:
     r.add_argument("--steps", type=int, default=10)
     r.add_argument("--rank", type=int, default=16)
     r.add_argument("--budget-gib", type=float, default=0.0)
-    r.add_argument("--batching", choices=("auto", "padding-free", "grouped", "padded"), default="auto",
+    r.add_argument("--configs", nargs="*", default=[],
+                   help="several runs on the one loaded model, as data:batching (e.g. chat:packed); "
+                        "default: --data:--batching")
+    r.add_argument("--batching", choices=("auto", "padding-free", "packed", "grouped", "padded"),
+                   default="auto",
                    help="plain stack on rows of different lengths: auto = padding-free where its "
                         "attention keeps rows apart, else grouped by length")
     s = sub.add_parser("suite", help="make the model, run every configuration, print the tables")

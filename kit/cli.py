@@ -36,7 +36,7 @@ def parse_cli(default: Any, argv: list[str]) -> Any | None:
     """Config from command-line `key=value` words; None after printing help for -h/--help,
     or the memory plan for --plan (nothing is trained)."""
     if "--plan" in argv:
-        from kit.models import show_plan
+        from kit.showplan import show_plan
 
         show_plan(apply_overrides(default, [a for a in argv if a != "--plan"]))
         return None

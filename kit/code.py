@@ -14,7 +14,7 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from kit import data, sandbox
+from kit import data, families, sandbox
 from kit.errors import fail
 
 HUMANEVAL_INSTRUCTION = ("Complete this Python function. Reply with the whole function, and the "
@@ -25,12 +25,8 @@ STOP_STRINGS = ["\n```\n"]
 # max_new_tokens=0 (auto): enough for a whole HumanEval function with its docstring, for the
 # built-in tasks' answers (about 80 tokens at most) with room to spare, and for a 1-3 line hole.
 AUTO_NEW_TOKENS = {"humaneval": 512, "heldout": 256, "fim": 64}
-# (style, prefix, suffix, middle) tokens, in PSM order: prefix, suffix, then middle is generated.
-FIM_STYLES = [
-    ("qwen", "<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>"),
-    ("starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>"),
-    ("deepseek", "<｜fim▁begin｜>", "<｜fim▁hole｜>", "<｜fim▁end｜>"),
-]
+# `data=builtin:kit-sources`: the kit's own installed Python files, sources that are always there.
+KIT_SOURCES = "builtin:kit-sources"
 _FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
 
 
@@ -125,18 +121,45 @@ def pass_at_1(model, tokenizer, examples: list[data.Example], max_new_tokens: in
 # ---------------------------------------------------------------- fill in the middle
 
 
-def fim_tokens(tokenizer) -> tuple[str, str, str, str]:
+def fim_tokens(tokenizer, label: str = "this model", gpu_model: str = "") -> tuple[str, str, str, str]:
+    """(style, prefix, suffix, middle): the tokenizer's fill-in-the-middle tokens, in the first
+    style of kit.families.FIM_STYLES it has all three of; else one line naming models that do
+    (`gpu_model`: the one `model=auto` picks on a GPU)."""
     vocab = tokenizer.get_vocab()
-    for style in FIM_STYLES:
-        if all(t in vocab for t in style[1:]):
-            return style
-    names = "; ".join(" ".join(s[1:]) for s in FIM_STYLES)
-    fail(f"fill-in-the-middle needs a tokenizer with its tokens ({names}); this model's "
-         "has none: use a code model such as Qwen2.5-Coder, StarCoder2 or DeepSeek-Coder")
+    for style in families.FIM_STYLES.values():
+        if all(t in vocab for t in style.tokens[1:]):
+            return style.tokens
+    names = "; ".join(" ".join(s.tokens[1:]) for s in families.FIM_STYLES.values())
+    auto = f" ({gpu_model}, what model=auto picks on a GPU, is one)" if gpu_model else ""
+    fail(f"fill-in-the-middle needs a tokenizer with its tokens ({names}); {label}'s has none: "
+         f"use a code model that has them, such as {families.fim_models()}{auto}")
+
+
+def fim_tokens_before_load(path: str, label: str, trust_remote_code: bool = False,
+                           gpu_model: str = "") -> tuple[str, str, str, str]:
+    """The FIM tokens of a model's tokenizer, read with the tokenizer alone (a local folder or
+    a Hub id; seconds), so a model without them fails before its weights load."""
+    import unsloth  # noqa: F401  (before transformers, so that it can patch it)
+    from transformers import AutoTokenizer
+
+    from kit.secrets import hub_token, redact
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, token=hub_token(),
+                                                  trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        first = (redact(str(exc), hub_token()).strip().splitlines() or [type(exc).__name__])[0]
+        fail(f"could not read the tokenizer of {label!r}: {first[:200]}")
+    return fim_tokens(tokenizer, label, gpu_model)
 
 
 def read_sources(source: str, text_column: str, split: str = "train", subset: str = "") -> list[str]:
-    """Source texts for FIM: every *.py file under a folder, or a column of a data file."""
+    """Source texts for FIM: every *.py file under a folder (`builtin:kit-sources`: the kit's
+    own), or a column of a data file."""
+    if source == KIT_SOURCES:
+        import kit
+
+        source = str(Path(kit.__file__).parent)
     path = Path(source).expanduser()
     if path.is_dir():
         texts = [p.read_text(encoding="utf-8", errors="replace") for p in sorted(path.rglob("*.py"))]

@@ -22,7 +22,7 @@ import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from kit.checks import QUANTS, check_repo
 from kit.errors import fail
@@ -56,6 +56,10 @@ class LoraConfig:
 @dataclass
 class RecipeConfig:
     """Keys every recipe shares."""
+
+    # `model=auto` on a GPU: a small instruct model Unsloth pre-quantized to 4-bit, which fits a
+    # free Colab T4 with room to spare (a recipe may name its own).
+    gpu_model: ClassVar[str] = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
 
     model: str = "auto"
     """Hub id, local folder, or `smollm2-135m` (embedded, offline). `auto`: a 4-bit Unsloth
@@ -287,7 +291,7 @@ def _numbers(cfg: Any, prefix: str = ""):
 
 def target_names(target_modules: str) -> list[str]:
     """The module names in `lora.target_modules`, checked for form (which names a model has is
-    checked against its config.json before it loads: kit.models.check_targets)."""
+    checked against its config.json before it loads: kit.choice.check_targets)."""
     names = [t.strip() for t in str(target_modules).split(",") if t.strip()]
     if names in (["auto"], ["all-linear"]):  # every linear projection (PEFT's name for it)
         return names

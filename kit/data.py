@@ -262,10 +262,10 @@ def to_example(row: dict, fmt: str, where: str) -> Example:
                 fail(f"{where}, turn {j + 1}: unknown role {turn.get('role', turn.get('from'))!r}")
             messages.append({"role": role, "content": _text(content, f"{where}, turn {j + 1}")})
     elif fmt == "alpaca":
-        prompt = _text(row["instruction"], where)
-        extra = row.get("input") or ""
-        if extra:
-            prompt += "\n\n" + _text(extra, where)
+        # The non-empty parts: many Alpaca files leave `instruction` empty and put the task in
+        # `input`, which must not start the prompt with a blank line.
+        parts = [_text(row["instruction"], where), _text(row.get("input") or "", where)]
+        prompt = "\n\n".join(part for part in parts if part.strip())
         messages = [{"role": "user", "content": prompt},
                     {"role": "assistant", "content": _text(row["output"], where)}]
     else:

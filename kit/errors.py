@@ -56,7 +56,8 @@ def run_cli(fn: Callable[[list[str]], object], argv: list[str] | None = None) ->
     interpreter's teardown: torch 2.13's gloo process group, freed while one of its worker
     threads still releases a tensor Python owns, joins that thread while holding the lock the
     thread waits for, and the rank never exits (seen at the end of two-rank runs, one in a
-    few). The ranks have met at kit.ranks.leave() or stopped on an error; output is flushed."""
+    few). The ranks have met at kit.ranks.leave() or stopped on an error; the loggers' runs are
+    ended (finish_loggers) and output is flushed."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _run_cli(fn, argv)
     try:
@@ -64,9 +65,25 @@ def run_cli(fn: Callable[[list[str]], object], argv: list[str] | None = None) ->
     except BaseException:
         traceback.print_exc()
         code = 1
+    finish_loggers(code)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def finish_loggers(code: int) -> None:
+    """End the loggers' runs that only an interpreter exit hook would end, before a rank's
+    os._exit skips it: wandb's (transformers' WandbCallback never calls wandb.finish(); a run
+    left so has no exit record, and what wandb had not yet written is lost). The other
+    `report_to=` loggers close at the end of training, in their callbacks (TensorBoard's
+    writer, trackio)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    try:
+        wandb.finish(exit_code=code)
+    except Exception as exc:  # a logger must not keep the rank from exiting
+        print(f"warning: wandb.finish() failed: {exc}", file=sys.stderr)
 
 
 def _run_cli(fn: Callable[[list[str]], object], argv: list[str] | None) -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from kit.checks import BINDING_QUANTS, CONVERT_QUANTS, QUANTS
 from kit.errors import fail
+from kit.families import CHAT_FORMATS
 from kit.proc import check_in_fresh_process, last_error_line
 
 SETUP_HINT = "run `make gguf-tools` (or `bash scripts/setup_llama.sh`)"
@@ -141,21 +142,7 @@ def export_gguf(merged_dir: Path, out_dir: Path, quant: str, progress: Callable[
 
 # ------------------------------------------------------------------ Ollama Modelfile
 
-# Ollama's Go templates for the two chat formats we recognise. `.Messages` carries system,
-# user and assistant turns alike; the generation prompt opens the assistant turn. No BOS:
-# llama.cpp adds it itself when the GGUF asks for one.
-_TEMPLATES = {
-    "chatml": (
-        "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n"
-        "{{ end }}<|im_start|>assistant\n",
-        ["<|im_end|>", "<|im_start|>"],
-    ),
-    "llama3": (
-        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n"
-        "{{ .Content }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n",
-        ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"],
-    ),
-}
+# The chat formats an Ollama TEMPLATE is written for: kit.families.CHAT_FORMATS.
 _PROBE = "kit-probe-7f3a"  # a user message no template could contain by accident
 
 
@@ -205,20 +192,14 @@ def chat_family(template: str | None, bos: str | None = None, eos: str | None = 
         return None, None
     if bos and "bos_token" in template and text.startswith(bos):
         text = text[len(bos):]  # llama.cpp adds BOS itself; Ollama's template must not
-    patterns = {
-        "chatml": (r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n", f"<|im_start|>user\n{_PROBE}<|im_end|>\n"
-                   "<|im_start|>assistant\n"),
-        "llama3": (r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>",
-                   f"<|start_header_id|>user<|end_header_id|>\n\n{_PROBE}<|eot_id|>"
-                   "<|start_header_id|>assistant<|end_header_id|>\n\n"),
-    }
-    for family, (system_re, user_turn) in patterns.items():
+    for form in CHAT_FORMATS.values():
+        user_turn = form.user_turn.format(probe=_PROBE)
         if text.endswith(user_turn):
             head = text[: -len(user_turn)]
-            match = re.fullmatch(system_re, head, flags=re.S)
+            match = re.fullmatch(form.system, head, flags=re.S)
             if head and not match:
                 return None, None  # something else before the turn: not a plain form of this family
-            return family, (match.group(1) if match else None)
+            return form.name, (match.group(1) if match else None)
     return None, None
 
 
@@ -239,12 +220,12 @@ def modelfile_text(file_name: str, template: str | None, bos: str | None, eos: s
     family, system = chat_family(template, bos, eos)
     lines = ["# Ollama: ollama create NAME -f Modelfile && ollama run NAME", f"FROM ./{file_name}", ""]
     if family:
-        go_template, family_stops = _TEMPLATES[family]
+        form = CHAT_FORMATS[family]
         lines += [f"# {family} chat format, as in the model's tokenizer chat template",
-                  f"TEMPLATE {_quote(go_template)}"]
+                  f"TEMPLATE {_quote(form.ollama)}"]
         if system:
             lines.append(f"SYSTEM {_quote(system)}")
-        stops = list(dict.fromkeys([*family_stops, *stops, *([eos] if eos else [])]))
+        stops = list(dict.fromkeys([*form.stops, *stops, *([eos] if eos else [])]))
     else:
         lines += ["# No TEMPLATE: the chat format is not one this kit recognises, so Ollama picks one by",
                   "# matching the GGUF's embedded tokenizer.chat_template against the templates it knows.",

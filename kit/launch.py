@@ -6,7 +6,9 @@ forces N (gloo on a CPU machine, which is how the tests exercise this path). The
 user started checks the config, the data and the memory plan first, so bad input stops before
 any process group exists; it then waits for the ranks and returns rank 0's metrics. A user's
 own `torchrun --nproc_per_node N recipes/chat.py ...` or `accelerate launch recipes/chat.py ...`
-skips that step: the recipe finds RANK and WORLD_SIZE set and runs as one rank.
+skips that step: the recipe finds RANK and WORLD_SIZE set and runs as one rank. Several
+machines are always the user's own torchrun, one per machine (docs/multi-gpu.md), with one
+output_dir shared by all (kit.ranks.check_shared).
 
 Inside the ranks, each loads the whole model on its own GPU (Unsloth places it by LOCAL_RANK),
 the trainer shards the data and averages gradients; rank 0 alone evaluates, writes and pushes
@@ -29,12 +31,12 @@ from kit.ranks import LAUNCHED, SHUTDOWN_S, Stopped, in_ranks
 
 def processes(cfg, say=print) -> int:
     """How many processes this run trains in: 1 inside a rank; otherwise `nproc`, or one per
-    visible GPU when the memory plan puts the whole model on each (kit.models.parallel)."""
+    visible GPU when the memory plan puts the whole model on each (kit.gpus.parallel)."""
     if in_ranks():
         return 1
-    from kit import models
+    from kit import gpus, memory
 
-    return models.parallel(cfg, say).processes
+    return gpus.parallel(memory.Request.of(cfg), say).processes
 
 
 def as_args(cfg) -> list[str]:

@@ -11,15 +11,16 @@ The estimate adds up the parts that matter for QLoRA on a decoder:
     logits       per token, times the vocabulary (the loss runs in chunks, so this stays small)
     overhead     a fixed part and dequantization buffers the size of the largest weight
 
-What it models: decoders with Llama's projections (q/k/v/o, gate/up/down; Mistral, Qwen2/3,
-Gemma 1-3, Granite, OLMo, Cohere, SmolLM3) and Phi-3's fused ones (qkv_proj: d → q+2kv,
-gate_up_proj: d → 2m), the decoder of a multimodal config's `text_config` (its vision tower is
-not counted), and any `head_dim`. Only the Llama layout was measured; the fused layout holds the
-same weights and activations in fewer, larger matrices. What it refuses (`Shape.from_config`
-raises ValueError, and the run falls back to safe settings): mixture-of-experts configs (every
-expert's weights would count, but how many tokens each expert holds activations for, and
-Unsloth's expert kernels, were never measured) and any other `model_type`, whose projection
-names and sizes are unknown here.
+What it models: the decoders of the families in kit/families.py, whose table gives each
+layer's projections and their shapes (Llama's q/k/v/o, gate/up/down; Phi-3's fused qkv_proj and
+gate_up_proj; StarCoder2's plain c_fc/c_proj MLP), the decoder of a multimodal config's
+`text_config` (its vision tower is not counted), and any `head_dim`. Only the Llama layout was
+measured; the others hold their weights in other matrices, and their activations are estimated
+as a gated MLP's (StarCoder2's single up projection saves less: an overestimate). What it
+refuses (`Shape.from_config` raises ValueError, and the run falls back to safe settings):
+mixture-of-experts configs (every expert's weights would count, but how many tokens each expert
+holds activations for, and Unsloth's expert kernels, were never measured) and any `model_type`
+the family table lacks, whose projection names and sizes are unknown here.
 
 Vocabularies: every point was measured at 49,152 entries. The embedding and LM head are counted
 exactly (16-bit even on a 4-bit base, once if tied), but the logits term (Unsloth's chunked
@@ -41,19 +42,17 @@ makes up the requested batch with gradient accumulation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit import families
+
 GiB = 2**30
-ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ALL_TARGETS = families.DEFAULT.targets  # Llama's seven projections: the calibration's targets
 AUTO_TARGETS = ("auto",)  # every linear projection of the decoder layers, whatever their names
-# config.json model types whose decoder layers have Llama's seven projections (text_config's
-# own model_type counts for multimodal configs; a config without one is taken for a Llama).
-LLAMA_LAYOUT = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3",
-                          "gemma3_text", "granite", "olmo", "olmo2", "cohere", "cohere2", "smollm3"})
-FUSED_LAYOUT = frozenset({"phi3"})  # qkv_proj, o_proj, gate_up_proj, down_proj
 # Keys that give a mixture-of-experts config's expert count (Qwen-MoE, Mixtral, DeepSeek, DBRX,
 # gpt-oss, Llama 4...).
 EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
@@ -82,13 +81,14 @@ class Shape:
     head_dim: int
     vocab: int
     tied: bool
-    layout: str = "llama"  # "llama" or "phi3" (fused qkv_proj and gate_up_proj)
+    # A decoder layer's linear projections, from the family table (kit.families).
+    projections: tuple[families.Projection, ...] = families.DEFAULT.projections
 
     @classmethod
     def from_config(cls, cfg: dict) -> Shape:
         outer = cfg
         cfg = cfg.get("text_config") or cfg  # multimodal configs nest the decoder
-        kind = str(cfg.get("model_type") or outer.get("model_type") or "llama")
+        kind = str(cfg.get("model_type") or outer.get("model_type") or "")
         experts = _experts(cfg) or _experts(outer)
         if experts:
             raise ValueError(f"cannot plan a mixture-of-experts model ({experts}): memory not modelled")
@@ -103,24 +103,21 @@ class Shape:
                 head_dim=int(cfg.get("head_dim") or d // heads),
                 vocab=int(cfg["vocab_size"]),
                 tied=bool(cfg.get("tie_word_embeddings", False)),
-                layout="phi3" if kind in FUSED_LAYOUT else "llama",
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"config.json lacks the decoder dimensions ({exc})") from None
-        if kind not in LLAMA_LAYOUT | FUSED_LAYOUT:
+        family = families.family(kind)
+        if family is None:
             raise ValueError(f"cannot plan model_type {kind!r}: its projections are not modelled "
-                             f"(only Llama-style and Phi-3 layers are)")
-        return shape
+                             f"(kit/families.py knows {families.known_types()})")
+        return dataclasses.replace(shape, projections=family.projections)
 
     def _linears(self) -> dict[str, tuple[int, int]]:
         """Each projection of one decoder layer: name → (in, out) features."""
-        d, m = self.hidden, self.intermediate
-        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        if self.layout == "phi3":
-            return {"qkv_proj": (d, q + 2 * kv), "o_proj": (q, d),
-                    "gate_up_proj": (d, 2 * m), "down_proj": (m, d)}
-        return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
-                "gate_proj": (d, m), "up_proj": (d, m), "down_proj": (m, d)}
+        dims = {"d": self.hidden, "m": self.intermediate, "q": self.heads * self.head_dim,
+                "kv": self.kv_heads * self.head_dim}
+        return {name: (families.features(i, dims), families.features(o, dims))
+                for name, i, o in self.projections}
 
     @property
     def largest_linear(self) -> int:

@@ -71,7 +71,7 @@ def start(cfg) -> None:
         removed = remove_stale(cfg.output_dir)
         if removed:
             say(escape(removed))
-    ranks.barrier()
+    ranks.check_shared(cfg.output_dir)  # several machines: the same folder on each
 
 
 # The package each `report_to=` logger needs.

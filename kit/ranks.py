@@ -112,6 +112,43 @@ def on_main(fn, *args, **kwargs):
     return value
 
 
+def check_shared(folder) -> None:
+    """Every rank must see the output_dir rank 0 writes: each rank saves its RNG state into the
+    checkpoints there, and a resumed run reads the checkpoint on every rank. On one machine it
+    is the same folder; across machines it must be a shared one. Rank 0 leaves a file in it;
+    if a rank does not find it, every rank stops with one line (rank 0 says it)."""
+    if not in_ranks():
+        return
+    import socket
+    import uuid
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    def leave_mark() -> str:
+        name = f".kit-shared-{uuid.uuid4().hex}"
+        (Path(folder) / name).write_text("")
+        return name
+
+    mark = Path(folder) / on_main(leave_mark)
+    every: list = [None] * world_size()
+    dist.all_gather_object(every, (mark.is_file(), socket.gethostname()))
+    if is_main():
+        mark.unlink(missing_ok=True)
+    blind: dict[str, list[str]] = {}
+    for r, (seen, host) in enumerate(every):
+        if not seen:
+            blind.setdefault(host, []).append(str(r))
+    if blind:
+        who = "; ".join(f"{host} (rank{'s' * (len(rs) > 1)} {', '.join(rs)})" for host, rs in blind.items())
+        error = KitError(f"output_dir {folder} is not one folder for every process: the processes "
+                         f"on {who} cannot see what rank 0 writes there; on several machines "
+                         "output_dir must be a shared folder (NFS or the like) at the same path "
+                         "on each")
+        error.quiet = not is_main()
+        raise error
+
+
 def total(value: int) -> int:
     """A count summed over the ranks (tokens seen, rows)."""
     if not in_ranks():

@@ -219,12 +219,13 @@ def train(model, tokenizer, encoded: list[Encoded], cfg, *, gpu: bool, bf16: boo
     cfg.max_steps optimizer steps (continuing from `resume_from`, a checkpoint folder, if
     given). `packing`: padding-free micro-batches (PackingCollator) instead of padded ones;
     the same rows in the same order either way, so the loss of every step is the same."""
-    from kit import models
+    from kit.device import Device
+    from kit.memory import Settings
+    from kit.runplan import RunPlan
 
-    settings = models.Settings(False, False, [], micro_batch or cfg.batch_size, grad_accum,
-                               packing=packing)
-    run = models.RunPlan(models.Device("cuda" if gpu else "cpu", "", 0.0, bf16), None, settings,
-                         learning_rate=learning_rate)
+    settings = Settings(False, False, [], micro_batch or cfg.batch_size, grad_accum, packing=packing)
+    run = RunPlan(Device("cuda" if gpu else "cpu", "", 0.0, bf16), None, settings,
+                  learning_rate=learning_rate)
     trainer = SFTTrainer(
         model=model,
         processing_class=tokenizer,
@@ -305,10 +306,10 @@ def resume_point(run, cfg, say=print) -> str | None:
 def packing_for(run, cfg, model, encoded: list[Encoded], say=print):
     """The packing decision (choose_packing) for the planned micro-batch, said, with the memory
     planned again for packed passes when it packs; the RunPlan with it recorded."""
-    from kit import models
+    from kit import runplan
 
     packing, why = choose_packing(cfg, model, encoded, run.settings.micro_batch)
     say(why)
     if packing:
-        run = models.fit_packed(run, cfg, [len(e.input_ids) for e in encoded], say)
+        run = runplan.fit_packed(run, [len(e.input_ids) for e in encoded], say)
     return run.with_settings(packing=packing, packing_reason=why)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
-from kit import data, evaluate, export, hub, launch, models, preflight, ranks, train
+from kit import data, evaluate, export, hub, launch, models, preflight, ranks, runplan, train
 from kit.cli import parse_cli, run_script
 from kit.config import RecipeConfig
 from kit.report import escape, finish, say, step, warn
@@ -79,7 +79,7 @@ def main(cfg: ChatConfig) -> dict:
     #    mode and micro-batch that fit): a run that cannot fit the card stops here, before any
     #    weight loads. A model that cannot load is one line, not a traceback.
     step("Model")
-    plan = models.plan_run(cfg, say)
+    plan = runplan.plan_run(cfg, say)
     with models.loading(plan.choice, cfg.trust_remote_code):
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=plan.choice.path,
@@ -100,7 +100,7 @@ def main(cfg: ChatConfig) -> dict:
 
     # 4. LoRA. Adapters on every linear projection, with the checkpointing mode the memory
     #    plan picks for the data's longest row.
-    plan = models.fit_rows(plan, cfg, data.longest(train_enc), say)
+    plan = runplan.fit_rows(plan, data.longest(train_enc), say)
     model = FastLanguageModel.get_peft_model(
         model,
         r=cfg.lora.r,
@@ -111,7 +111,7 @@ def main(cfg: ChatConfig) -> dict:
         use_gradient_checkpointing=plan.settings.gradient_checkpointing,
         random_state=cfg.seed,
     )
-    plan = models.with_adapters(plan, model, cfg, say)  # parameter counts, learning rate
+    plan = runplan.with_adapters(plan, model, say)  # parameter counts, learning rate
 
     # 5. Evaluate before training.
     step("Evaluate before training")

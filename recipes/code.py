@@ -31,7 +31,7 @@ from typing import Literal
 
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
-from kit import code, data, evaluate, export, hub, launch, models, preflight, ranks, sandbox, train
+from kit import code, data, evaluate, export, hub, launch, models, preflight, ranks, runplan, sandbox, train
 from kit.cli import parse_cli, run_script
 from kit.config import RecipeConfig
 from kit.report import escape, finish, say, step, warn
@@ -94,7 +94,7 @@ def main(cfg: CodeConfig) -> dict:
     #    mode and micro-batch that fit): a run that cannot fit the card stops here, before any
     #    weight loads. A model that cannot load is one line, not a traceback.
     step("Model")
-    plan = models.plan_run(cfg, say)
+    plan = runplan.plan_run(cfg, say)
     with models.loading(plan.choice, cfg.trust_remote_code):
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=plan.choice.path,
@@ -115,7 +115,7 @@ def main(cfg: CodeConfig) -> dict:
 
     # 4. LoRA. Adapters on every linear projection, with the checkpointing mode the memory
     #    plan picks for the data's longest row.
-    plan = models.fit_rows(plan, cfg, data.longest(train_enc), say)
+    plan = runplan.fit_rows(plan, data.longest(train_enc), say)
     model = FastLanguageModel.get_peft_model(
         model,
         r=cfg.lora.r,
@@ -126,7 +126,7 @@ def main(cfg: CodeConfig) -> dict:
         use_gradient_checkpointing=plan.settings.gradient_checkpointing,
         random_state=cfg.seed,
     )
-    plan = models.with_adapters(plan, model, cfg, say)  # parameter counts, learning rate
+    plan = runplan.with_adapters(plan, model, say)  # parameter counts, learning rate
     new_tokens = code.new_tokens(cfg.max_new_tokens, "instruct", cfg.eval)
 
     def measure(when: str) -> dict:

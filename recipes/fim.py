@@ -1,5 +1,6 @@
 """Fill-in-the-middle with Unsloth: teach a code model to fill a hole in your own source files.
 
+    make recipe=fim                                     # on a GPU: the kit's own sources
     make recipe=fim ARGS="data=path/to/src model=unsloth/Qwen2.5-Coder-1.5B-bnb-4bit"
     python recipes/fim.py data=path/to/src model=unsloth/Qwen2.5-Coder-1.5B-bnb-4bit
     python recipes/fim.py --help
@@ -7,7 +8,11 @@
 In a notebook cell:
     from kit.recipe import recipe
     r = recipe("fim")
-    r.main(r.FimConfig(data="path/to/src", model="unsloth/Qwen2.5-Coder-1.5B-bnb-4bit"))
+    r.main(r.FimConfig(data="path/to/src"))
+
+With its defaults on a GPU it fine-tunes Qwen2.5-Coder-1.5B (4-bit) on the kit's own Python
+files. The model needs fill-in-the-middle tokens; without them (the embedded SmolLM2, which
+`model=auto` picks on a CPU) the run stops in seconds, before the weights load.
 
 Holes of 1-3 lines are cut out of source files (a folder of .py files, or a `text_column` of a
 data file) and trained prefix → suffix → middle with the tokenizer's own fill-in-the-middle
@@ -15,9 +20,10 @@ tokens (Qwen2.5-Coder, StarCoder or DeepSeek-Coder style), loss on the middle. H
 give the holes it is measured on: the share of middles filled exactly, and the loss.
 
 The steps, in order, with the Unsloth and TRL calls in main(): read the files and cut the holes
-→ the memory plan → FastLanguageModel.from_pretrained → the model's FIM tokens, tokenize → the
-plan for the longest row → FastLanguageModel.get_peft_model → exact fills and loss before
-training → SFTTrainer(args=SFTConfig).train() → exact fills and loss again → export
+→ the model's FIM tokens, from its tokenizer alone → the memory plan →
+FastLanguageModel.from_pretrained → tokenize → the plan for the longest row →
+FastLanguageModel.get_peft_model → exact fills and loss before training →
+SFTTrainer(args=SFTConfig).train() → exact fills and loss again → export
 (save_pretrained / save_pretrained_merged, each checked in a fresh process on a held-out hole)
 → metrics.json → push to the Hub.
 """
@@ -27,12 +33,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
-from kit import code, data, evaluate, export, hub, launch, models, preflight, ranks, train
+from kit import code, data, evaluate, export, hub, launch, models, preflight, ranks, runplan, train
+from kit.choice import resolve_model
 from kit.cli import parse_cli, run_script
 from kit.config import RecipeConfig
+from kit.device import detect_device
 from kit.errors import fail
 from kit.report import finish, say, step, warn
 from kit.secrets import hub_token
@@ -44,9 +53,12 @@ from unsloth import FastLanguageModel
 
 @dataclass
 class FimConfig(RecipeConfig):
-    data: str = ""
-    """Source code: a folder of .py files, or a .jsonl/.json/.csv/.parquet file or Hub dataset
-    with a `text_column`."""
+    # `model=auto` on a GPU: Qwen2.5-Coder's base model, 4-bit; its tokenizer has FIM tokens.
+    gpu_model: ClassVar[str] = "unsloth/Qwen2.5-Coder-1.5B-bnb-4bit"
+
+    data: str = "builtin:kit-sources"
+    """Source code: a folder of .py files, a .jsonl/.json/.csv/.parquet file or Hub dataset with
+    a `text_column`, or `builtin:kit-sources` (the kit's own Python files)."""
     output_dir: str = "outputs/fim"
     """Where adapter/, merged/ and metrics.json go."""
     text_column: str = "content"
@@ -80,6 +92,13 @@ def main(cfg: FimConfig) -> dict:
     say(f"{cfg.data}: {len(train_cases)} training holes from {len(sources) - n_test} files; "
         f"{len(test_cases)} held-out holes from {n_test}")
 
+    # The model's fill-in-the-middle tokens, read from its tokenizer alone: a model without
+    # them stops here, in seconds, before any weight loads.
+    step("Model")
+    choice = resolve_model(cfg.model, detect_device(), say, cfg.gpu_model)
+    fim = code.fim_tokens_before_load(choice.path, choice.label, cfg.trust_remote_code, cfg.gpu_model)
+    say(f"fill-in-the-middle tokens ({fim[0]} style): {' '.join(fim[1:])}")
+
     # Several GPUs (or nproc=N): one training process per GPU through torch's launcher; this
     # process waits for them and returns rank 0's metrics. In those ranks, rank 0 alone
     # evaluates, exports and pushes (ranks.on_main); the others wait for its results.
@@ -89,8 +108,7 @@ def main(cfg: FimConfig) -> dict:
     # 2. Model. The memory plan first (4-bit NF4 on a GPU, 16-bit on CPU; the checkpointing
     #    mode and micro-batch that fit): a run that cannot fit the card stops here, before any
     #    weight loads. A model that cannot load is one line, not a traceback.
-    step("Model")
-    plan = models.plan_run(cfg, say)
+    plan = runplan.plan_run(cfg, say, choice)
     with models.loading(plan.choice, cfg.trust_remote_code):
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=plan.choice.path,
@@ -104,8 +122,6 @@ def main(cfg: FimConfig) -> dict:
     models.set_pad_token(tokenizer)
 
     # 3. Tokenize with the model's own FIM tokens: prefix, suffix, then the middle (the loss).
-    fim = code.fim_tokens(tokenizer)
-    say(f"fill-in-the-middle tokens ({fim[0]} style): {' '.join(fim[1:])}")
     train_enc = [code.encode_fim(tokenizer, fim, p, m, s, cfg.max_seq_length) for p, m, s in train_cases]
     test_enc = [code.encode_fim(tokenizer, fim, p, m, s, cfg.max_seq_length) for p, m, s in test_cases]
     for enc, what in ((train_enc, "training"), (test_enc, "held-out")):
@@ -116,7 +132,7 @@ def main(cfg: FimConfig) -> dict:
 
     # 4. LoRA. Adapters on every linear projection, with the checkpointing mode the memory
     #    plan picks for the data's longest row.
-    plan = models.fit_rows(plan, cfg, data.longest(train_enc), say)
+    plan = runplan.fit_rows(plan, data.longest(train_enc), say)
     model = FastLanguageModel.get_peft_model(
         model,
         r=cfg.lora.r,
@@ -127,7 +143,7 @@ def main(cfg: FimConfig) -> dict:
         use_gradient_checkpointing=plan.settings.gradient_checkpointing,
         random_state=cfg.seed,
     )
-    plan = models.with_adapters(plan, model, cfg, say)  # parameter counts, learning rate
+    plan = runplan.with_adapters(plan, model, say)  # parameter counts, learning rate
     new_tokens = code.new_tokens(cfg.max_new_tokens, "fim", "heldout")
 
     def measure(when: str) -> dict:

@@ -6,7 +6,9 @@ import pytest
 from conftest import write_jsonl
 
 from kit import classify, export, models
+from kit.choice import resolve_model
 from kit.config import LoraConfig
+from kit.device import detect_device
 from kit.errors import KitError
 
 # Labels of different lengths, one of several tokens, listed longest first: a model that
@@ -67,8 +69,8 @@ def test_builtin_tickets_data():
 
 
 def test_score_and_predict_from_an_exported_folder(tiny_model_dir, tmp_path):
-    device = models.detect_device()
-    model, tokenizer = models.load(models.resolve_model(str(tiny_model_dir), device), 128, False)
+    device = detect_device()
+    model, tokenizer = models.load(resolve_model(str(tiny_model_dir), device), 128, False)
     model = models.add_lora(model, LoraConfig(r=4), False, 0)
     texts = ["I was charged twice", "Where is my parcel?"]
     probs = classify.score(model, tokenizer, texts, LABELS)

@@ -2,6 +2,8 @@
 
 import random
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,6 +139,47 @@ def test_fim_needs_fim_tokens(tokenizer):
         code.fim_tokens(tokenizer)
 
 
+def test_fim_with_its_defaults_on_cpu_stops_in_seconds_before_loading(tmp_path, capsys):
+    """`fim` as generated, on a machine without GPU: its default data (the kit's own sources)
+    reads, and model=auto, the embedded SmolLM2, has no FIM tokens: one line naming models
+    that have them, from the tokenizer alone, before the memory plan and any weight."""
+    from kit import embedded
+    from kit.errors import run_cli
+    from kit.recipe import recipe
+
+    embedded.ensure_converted(lambda _: None)  # converted once per machine (~35 s), then cached
+    started = time.perf_counter()
+    code_ = run_cli(recipe("fim").cli, [f"output_dir={tmp_path / 'out'}"])
+    seconds = time.perf_counter() - started
+    out, err = capsys.readouterr()
+    errors = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert code_ == 2 and len(errors) == 1, err
+    assert "SmolLM2-135M-Instruct (embedded)'s has none" in errors[0]
+    assert "Qwen2.5-Coder, StarCoder2 or DeepSeek-Coder" in errors[0]
+    assert "unsloth/Qwen2.5-Coder-1.5B-bnb-4bit, what model=auto picks on a GPU" in errors[0]
+    out = " ".join(out.split())
+    assert "builtin:kit-sources: " in out and "training holes" in out
+    assert "memory plan" not in out and "device:" not in out  # stopped before the model step's plan
+    assert seconds < 15, seconds
+    assert not (tmp_path / "out").exists()
+
+
+def test_fim_tokens_are_read_from_the_tokenizer_alone(tiny_fim_model_dir, tmp_path):
+    assert code.fim_tokens_before_load(str(tiny_fim_model_dir), "tiny") == (
+        "starcoder", "<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(KitError, match="^could not read the tokenizer of 'empty'"):
+        code.fim_tokens_before_load(str(tmp_path), "empty")
+
+
+def test_kit_sources_are_the_kits_own_files():
+    import kit
+
+    texts = code.read_sources(code.KIT_SOURCES, "content")
+    here = sorted(Path(kit.__file__).parent.rglob("*.py"))
+    assert len(texts) == len(here) >= 30 and texts[0] == here[0].read_text()
+
+
 def test_fim_split_and_encoding(fim_tokenizer):
     text = "import os\n\n\ndef f(x):\n    y = x + 1\n    return y\n\nprint(f(1))\n"
     rng = random.Random(0)
@@ -231,9 +274,11 @@ def test_generate_stop_strings_through_unsloth(tiny_model_dir):
     from unsloth import FastLanguageModel
 
     from kit import models
+    from kit.choice import resolve_model
+    from kit.device import detect_device
 
-    device = models.detect_device()
-    model, tok = models.load(models.resolve_model(str(tiny_model_dir), device), 128, False)
+    device = detect_device()
+    model, tok = models.load(resolve_model(str(tiny_model_dir), device), 128, False)
     FastLanguageModel.for_inference(model)
     text = evaluate.render(tok, [{"role": "user", "content": "Write code"}], add_generation_prompt=True)
     enc = tok(text, return_tensors="pt", add_special_tokens=False).to(device)

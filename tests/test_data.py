@@ -32,6 +32,16 @@ def test_alpaca_input_is_appended_to_the_instruction(tmp_path):
     assert exs[0].messages[0]["content"] == "Add.\n\n2 and 2"
 
 
+def test_alpaca_row_with_only_an_input_is_that_input(tmp_path):
+    """Most rows of Unsloth Studio's Alpaca file leave `instruction` empty and hold the task in
+    `input`: the prompt is the input alone, not a blank line and then the input."""
+    rows = [{"instruction": "", "input": "Name a colour.", "output": "Blue."},
+            {"instruction": "  ", "input": "Name a fruit.", "output": "Pear."},
+            {"instruction": "Add.", "input": "", "output": "0"}]
+    exs, _ = examples(tmp_path, rows)
+    assert [e.messages[0]["content"] for e in exs] == ["Name a colour.", "Name a fruit.", "Add."]
+
+
 @pytest.mark.parametrize("suffix", ["json", "csv", "parquet"])
 def test_other_file_types(tmp_path, suffix):
     rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(3)]

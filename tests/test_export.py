@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from kit import export, models, stops
+from kit.choice import resolve_model
 from kit.config import LoraConfig
+from kit.device import detect_device
 
 PROMPT = [{"role": "user", "content": "Say yes."}]
 
@@ -15,8 +17,8 @@ PROMPT = [{"role": "user", "content": "Say yes."}]
 def exported(taught_model_dir, tmp_path_factory):
     """Both exports of the taught tiny Llama (it answers "Done!" and ends its turn) with a LoRA
     adapter that changes its logits but not its greedy answer."""
-    device = models.detect_device()
-    model, tokenizer = models.load(models.resolve_model(str(taught_model_dir), device), 128, False)
+    device = detect_device()
+    model, tokenizer = models.load(resolve_model(str(taught_model_dir), device), 128, False)
     model = models.add_lora(model, LoraConfig(r=8), False, 0)
     with torch.no_grad():  # LoRA B starts at zero; make the adapter do something
         for name, p in model.named_parameters():

@@ -1,5 +1,6 @@
-"""The family matrix: Llama 3, Qwen2.5, Qwen3, Phi-3, Mistral and Gemma, each with its real
-tokenizer and chat template (tests/families.py) on a tiny model of its architecture.
+"""The family table (kit/families.py) against transformers; and the family matrix: Llama 3,
+Qwen2.5, Qwen3, Phi-3, Mistral and Gemma, each with its real tokenizer and chat template
+(tests/families.py) on a tiny model of its architecture.
 
 For each family: the tokenizer agrees with llama.cpp's; the stop set holds the token that ends
 its turns; the trained-on tokens are exactly the replies and their turn end, also when a row
@@ -10,14 +11,19 @@ the adapter and merged exports (plain peft/transformers) and in its GGUF (llama.
 
 from __future__ import annotations
 
+import ast
 import json
 
 import families
 import pytest
-from conftest import teach, write_jsonl
+from conftest import ROOT, chat_row, teach, write_jsonl
 from families import FAMILIES
 
-from kit import data, stops
+from kit import data, plan, stops
+from kit import families as table
+from kit.config import RecipeConfig, apply_overrides
+from kit.errors import run_cli
+from kit.recipe import recipe
 
 NAMES = list(FAMILIES)
 CONVERSATION = [
@@ -97,8 +103,6 @@ NO_GGUF = {"gemma"}
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_chat_recipe_stops_at_each_familys_turn_end(name, tmp_path):
-    from kit.recipe import recipe
-
     fam = FAMILIES[name]
     tok = families.tokenizer(name)
     model_dir = families.tiny_model(name, tmp_path / "model", tok)
@@ -129,3 +133,131 @@ def test_chat_recipe_stops_at_each_familys_turn_end(name, tmp_path):
     if name not in NO_GGUF:
         assert exports["gguf"]["ok"] and "Pip" in exports["gguf"]["reply"], exports["gguf"]
         assert f'PARAMETER stop {json.dumps(fam.turn_end)}' in (out / "gguf" / "Modelfile").read_text()
+
+
+# ------------------------------------------------------------------ the family table
+# kit/families.py is the one place that knows, per config.json model_type, a decoder layer's
+# projections: what lora.target_modules may name and what the memory plan counts.
+
+TYPES = sorted(table.BY_TYPE)
+
+
+def _meta_model(model_type: str):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+    if getattr(config, "text_config", None) is not None:
+        return config, None  # multimodal: its decoder is the text_config's own model_type
+    with torch.device("meta"):
+        return config, AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_each_family_is_what_transformers_builds(model_type):
+    """For every model_type in the table, transformers' model of it has exactly the table's
+    projections (the names the target check allows), and the memory plan, reading its config,
+    counts exactly its weights (norms and biases aside: a few thousand at 7B)."""
+    import torch
+
+    family = table.BY_TYPE[model_type]
+    config, model = _meta_model(model_type)
+    if model is None:
+        assert config.text_config.model_type in family.types
+        return
+    linear = {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+              if isinstance(m, torch.nn.Linear)} - {"lm_head"}
+    assert linear == set(family.targets)
+    weights = sum(p.numel() for n, p in model.named_parameters()
+                  if "norm" not in n and not n.endswith(".bias"))
+    assert plan.Shape.from_config(config.to_dict()).params == weights
+
+
+def _model_types() -> set[str]:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return set(CONFIG_MAPPING_NAMES)
+
+
+def second_tables(sources: dict[str, str], types: set[str]) -> list[str]:
+    """`file:line: value` for every string literal naming a model_type outside kit/families.py."""
+    found = []
+    for name, source in sources.items():
+        if name.endswith("kit/families.py"):
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in types:
+                found.append(f"{name}:{node.lineno}: {node.value!r}")
+    return found
+
+
+def test_no_second_table_of_model_types():
+    """No module of the kit or recipe names a model_type: a per-family fact (target modules, a
+    plan layout, FIM tokens, a template) lives in kit/families.py or the tables disagree."""
+    sources = {str(p.relative_to(ROOT)): p.read_text()
+               for p in sorted([*(ROOT / "kit").glob("*.py"), *(ROOT / "recipes").glob("*.py")])}
+    assert "kit/families.py" in sources
+    assert second_tables(sources, _model_types()) == []
+
+
+def test_the_second_table_check_finds_one():
+    """The scan itself can fail: a module with its own table of layouts is reported."""
+    other = 'FUSED = frozenset({"phi3"})\n\ndef f(kind):\n    return kind == "starcoder2"\n'
+    sources = {"kit/families.py": 'X = {"llama": 1}\n', "kit/other.py": other}
+    found = second_tables(sources, _model_types())
+    assert found == ["kit/other.py:1: 'phi3'", "kit/other.py:4: 'starcoder2'"]
+
+
+def test_fim_styles_and_families_agree():
+    used = {f.fim for f in table.FAMILIES if f.fim}
+    assert used == set(table.FIM_STYLES)
+    assert table.fim_models() == "Qwen2.5-Coder, StarCoder2 or DeepSeek-Coder"
+
+
+STARCODER2_3B = {"model_type": "starcoder2", "hidden_size": 3072, "intermediate_size": 12288,
+                 "num_hidden_layers": 30, "num_attention_heads": 24, "num_key_value_heads": 2,
+                 "vocab_size": 49152, "tie_word_embeddings": True}
+
+
+def test_starcoder2_gets_a_plan(tmp_path, capsys):
+    """StarCoder2 (what docs/fim.md names) is planned: `make plan` for StarCoder2-3B's config
+    on a 15 GiB T4, without its weights."""
+    from kit.showplan import show_plan
+
+    (tmp_path / "config.json").write_text(json.dumps(STARCODER2_3B))
+    shape = plan.Shape.from_config(STARCODER2_3B)
+    # StarCoder2-3B's 3,030,371,328 parameters (transformers' model of this config), less its
+    # norms' and biases' 1,035,264.
+    assert shape.params == 3_030_371_328 - 1_035_264
+    cfg = apply_overrides(RecipeConfig(), [f"model={tmp_path}", "gpu_memory_gib=15"])
+    chosen = show_plan(cfg)
+    out = " ".join(capsys.readouterr().out.split())
+    assert chosen.fits and "memory plan (gpu_memory_gib=15)" in out and "no memory plan" not in out
+
+
+@pytest.mark.parametrize("model_type, targets, says", [
+    ("starcoder2", "q_proj,gate_proj,up_proj", "gate_proj, up_proj are not layers"),
+    ("gemma3", "q_proj,qkv_proj", "qkv_proj is not a layer"),
+    ("smollm3", "c_fc", "c_fc is not a layer"),
+    ("cohere2", "gate_up_proj", "gate_up_proj is not a layer"),
+])
+def test_wrong_targets_stop_before_load_for_every_family(tmp_path, capsys, model_type, targets, says):
+    """The families the target check skipped before (Gemma 3, SmolLM3, Cohere 2) and StarCoder2:
+    one line before any weight loads (the folder holds a config.json only)."""
+    write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(10)])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**STARCODER2_3B, "model_type": model_type}))
+    code = run_cli(recipe("chat").cli, [f"data={tmp_path / 'd.jsonl'}", f"model={tmp_path / 'model'}",
+                                        f"lora.target_modules={targets}", f"output_dir={tmp_path / 'out'}"])
+    err = capsys.readouterr().err.strip()
+    family = table.BY_TYPE[model_type]
+    assert code == 2 and says in err and len(err.splitlines()) == 1, err
+    assert f"its layers are {','.join(family.targets)}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unknown_model_type_is_not_planned_but_says_so():
+    with pytest.raises(ValueError, match=r"^cannot plan model_type 'gpt_neox'.*knows cohere, cohere2"):
+        plan.Shape.from_config({**plan.LLAMA_8B, "model_type": "gpt_neox"})

@@ -12,8 +12,8 @@ import sys
 import pytest
 from conftest import ROOT
 
-LEAVES = ("kit.config", "kit.data", "kit.plan", "kit.report", "kit.plots", "kit.cli", "kit.recipe",
-          "kit.ranks", "kit.checks", "kit.metrics")
+LEAVES = ("kit.config", "kit.data", "kit.plan", "kit.families", "kit.report", "kit.plots", "kit.cli",
+          "kit.recipe", "kit.ranks", "kit.checks", "kit.metrics", "kit.choice")
 HEAVY = ("torch", "unsloth", "transformers")
 
 
@@ -28,7 +28,7 @@ def kit_modules() -> dict[str, str]:
 
 
 def _target(name: str, known: set[str]) -> str | None:
-    """The kit module an imported name lives in: `kit.models.show_plan` → kit.models."""
+    """The kit module an imported name lives in: `kit.showplan.show_plan` → kit.showplan."""
     while name and name not in known:
         name = name.rpartition(".")[0]
     return name or None
@@ -105,12 +105,15 @@ def test_the_cycle_finder_finds_cycles_made_inside_functions():
 
 
 def test_leaves_import_no_stage():
-    """config, data and plan import no pipeline stage, even inside a function; report and plots
-    are console and plotting code; cli dispatches to the stages only when a command needs one."""
+    """config, data, the family table and the plan import no pipeline stage, even inside a
+    function; report and plots are console and plotting code; cli dispatches to the stages only
+    when a command needs one."""
     graph = import_graph(kit_modules())
-    stages = {"kit.models", "kit.train", "kit.evaluate", "kit.export", "kit.gguf", "kit.hub",
+    stages = {"kit.models", "kit.device", "kit.choice", "kit.memory", "kit.gpus", "kit.runplan",
+              "kit.showplan", "kit.train", "kit.evaluate", "kit.export", "kit.gguf", "kit.hub",
               "kit.checkpoints", "kit.classify", "kit.code", "kit.verify", "kit.embedded", "kit.preflight"}
-    for leaf in ("kit.config", "kit.data", "kit.plan", "kit.report", "kit.plots"):
+    assert stages <= set(graph), sorted(stages - set(graph))
+    for leaf in ("kit.config", "kit.data", "kit.plan", "kit.families", "kit.report", "kit.plots"):
         assert not graph[leaf] & stages, f"{leaf} imports {sorted(graph[leaf] & stages)}"
 
 

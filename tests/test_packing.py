@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from kit import data, models, train
+from kit.choice import resolve_model
 from kit.config import RecipeConfig, apply_overrides
+from kit.device import detect_device
 from kit.errors import KitError
 
 # Rows of clearly different lengths (prompts and replies of 1 to ~40 words).
@@ -25,8 +27,8 @@ ROWS = [data.Example([{"role": "user", "content": q}, {"role": "assistant", "con
 def tiny_fp32(tiny_model_dir):
     """The tiny Llama through Unsloth with LoRA, in fp32, LoRA B randomized so that every
     adapter matrix gets a gradient."""
-    device = models.detect_device()
-    model, tokenizer = models.load(models.resolve_model(str(tiny_model_dir), device), 256, load_in_4bit=False)
+    device = detect_device()
+    model, tokenizer = models.load(resolve_model(str(tiny_model_dir), device), 256, load_in_4bit=False)
     cfg = apply_overrides(RecipeConfig(), ["lora.r=8"])
     model = models.add_lora(model, cfg.lora, False, cfg.seed).float()
     torch.manual_seed(1)

@@ -367,20 +367,23 @@ def config_only_moe(tmp_path):
 
 
 def test_unplanned_model_falls_back_to_safe_settings(config_only_moe, capsys):
-    from kit import models
+    from kit.choice import resolve_model
+    from kit.device import Device
+    from kit.memory import Request, decide_settings, read_shape
+    from kit.showplan import show_plan
 
     cfg = apply_overrides(RecipeConfig(), [f"model={config_only_moe}", "gpu_memory_gib=14.6", "batch_size=4"])
-    assert models.show_plan(cfg) is None
+    assert show_plan(cfg) is None
     out = " ".join(capsys.readouterr().out.split())  # rich wraps lines
     assert ("cannot plan a mixture-of-experts model (8 experts): memory not modelled; using safe settings: "
             "offloaded checkpointing, micro-batch 1 × 4 accumulation") in out
-    gpu = models.Device("cuda", "T4", 15.0, True)
-    settings = models.decide_settings(cfg, gpu)
-    choice = models.resolve_model(cfg.model, gpu, progress=lambda _: None)
+    gpu = Device("cuda", "T4", 15.0, True)
+    want = Request.of(cfg)
+    choice = resolve_model(cfg.model, gpu, progress=lambda _: None)
     lines = []
-    assert models.read_shape(choice, lines.append, settings, cfg) is None and len(lines) == 1
+    shape, settings = read_shape(choice, want, decide_settings(want, gpu), lines.append)
+    assert shape is None and len(lines) == 1
     assert (settings.gradient_checkpointing, settings.micro_batch, settings.grad_accum) == ("unsloth", 1, 4)
-    explicit = apply_overrides(cfg, ["micro_batch_size=2", "gradient_checkpointing=true"])
-    settings = models.decide_settings(explicit, gpu)
-    models.read_shape(choice, lines.append, settings, explicit)
+    explicit = Request.of(apply_overrides(cfg, ["micro_batch_size=2", "gradient_checkpointing=true"]))
+    _, settings = read_shape(choice, explicit, decide_settings(explicit, gpu), lines.append)
     assert (settings.gradient_checkpointing, settings.micro_batch, settings.grad_accum) == (True, 2, 2)

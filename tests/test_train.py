@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from kit import data, evaluate, metrics, models, train
+from kit.choice import resolve_model
 from kit.config import RecipeConfig, apply_overrides
+from kit.device import Device, detect_device
+from kit.memory import Request, decide_settings
 
 ROWS = [data.Example([{"role": "user", "content": f"Say {w}."},
                       {"role": "assistant", "content": f"{w}!"}]) for w in
@@ -15,8 +18,8 @@ ROWS = [data.Example([{"role": "user", "content": f"Say {w}."},
 
 @pytest.fixture()
 def tiny(tiny_model_dir):
-    device = models.detect_device()
-    choice = models.resolve_model(str(tiny_model_dir), device)
+    device = detect_device()
+    choice = resolve_model(str(tiny_model_dir), device)
     model, tokenizer = models.load(choice, 128, load_in_4bit=False)
     cfg = apply_overrides(RecipeConfig(), ["max_steps=4", "batch_size=4", "lora.r=8", "warmup_steps=0"])
     model = models.add_lora(model, cfg.lora, False, cfg.seed)
@@ -70,20 +73,20 @@ def test_generate_returns_one_reply_per_prompt(tiny):
 
 
 def test_settings_on_cpu():
-    cpu = models.Device("cpu", "cpu", 8.0, True)
-    s = models.decide_settings(RecipeConfig(), cpu)
+    cpu = Device("cpu", "cpu", 8.0, True)
+    s = decide_settings(Request.of(RecipeConfig()), cpu)
     assert s.load_in_4bit is False and s.gradient_checkpointing is False
-    gpu = models.Device("cuda", "T4", 15.0, False)
-    s = models.decide_settings(RecipeConfig(), gpu)  # before a memory plan replaces it
+    gpu = Device("cuda", "T4", 15.0, False)
+    s = decide_settings(Request.of(RecipeConfig()), gpu)  # before a memory plan replaces it
     assert s.load_in_4bit is True and s.gradient_checkpointing == "unsloth"
     assert (s.micro_batch, s.grad_accum) == (4, 1)
     explicit = apply_overrides(RecipeConfig(), ["gradient_checkpointing=true", "load_in_4bit=false"])
-    s = models.decide_settings(explicit, gpu)
+    s = decide_settings(Request.of(explicit), gpu)
     assert s.load_in_4bit is False and s.gradient_checkpointing is True
     from kit.errors import KitError
 
     with pytest.raises(KitError, match="needs a GPU"):
-        models.decide_settings(apply_overrides(RecipeConfig(), ["load_in_4bit=true"]), cpu)
+        decide_settings(Request.of(apply_overrides(RecipeConfig(), ["load_in_4bit=true"])), cpu)
 
 
 def test_improved_metric_directions():

