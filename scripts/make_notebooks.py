@@ -7,9 +7,10 @@ The recipes are the one source of truth; a notebook is a recipe laid out as cell
 is read as source text and `ast` (never imported):
 
 - the module docstring becomes the title cell;
-- an install cell pins the tested stack (read from requirements/ and scripts/setup_venv.sh)
-  and fetches the kit from pyproject.toml's `[project.urls] Repository`; it does nothing
-  where `kit` is already importable (a checkout's .venv, where the tests run the notebooks);
+- an install cell with one setting, KIT_SOURCE (the repository's URL, a wheel, or a version on
+  PyPI; empty: pyproject.toml's `[project.urls] Repository`, else this version on PyPI), that
+  installs the kit as a regular package and the tested stack (read from requirements/ and
+  scripts/setup_venv.sh) into the running kernel; it does nothing where both are importable;
 - the imports `main()` and the config class use, and every other module-level definition
   except `main`, `cli` and the `if __name__ == "__main__":` block;
 - a `parameters` cell (papermill's tag) creating the config with the platform's output_dir;
@@ -62,7 +63,8 @@ class Platform:
     name: str
     title: str
     workdir: str  # where outputs go
-    kit_dir: str  # where the kit is cloned
+    wheel_place: str  # where a user puts a wheel of the kit, in words
+    wheel_dir: str  # and that folder, for the example
     metadata: dict
     env: dict = field(default_factory=dict)  # set before torch is imported
     howto: str = ""
@@ -74,12 +76,14 @@ PLATFORMS = {
         name="colab",
         title="Google Colab",
         workdir="/content",
-        kit_dir="/content/unsloth-recipe-kit",
+        wheel_place="to the runtime or on Drive",
+        wheel_dir="/content/drive/MyDrive",
         metadata={"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}},
         howto=(
             "**On Colab:** *Runtime → Change runtime type → T4 GPU* (or better), then *Runtime → "
-            "Run all*. The first cell installs the tested stack and the kit (a few minutes; Colab's "
-            "own CUDA torch is kept when it fits the pins). Outputs go to `/content/outputs/{recipe}`: "
+            "Run all*. The first cell installs the kit and the tested stack (a few minutes; Colab's "
+            "own CUDA torch is kept when it fits the pins); its `KIT_SOURCE` says where the kit comes "
+            "from. Outputs go to `/content/outputs/{recipe}`: "
             "download them from the Files panel before the runtime is recycled, or mount Google "
             "Drive and set `checkpoint_mirror` in the parameters cell so checkpoints survive a "
             "disconnect (`resume=\"auto\"` continues from the newest one)."
@@ -94,7 +98,8 @@ PLATFORMS = {
         name="kaggle",
         title="Kaggle",
         workdir="/kaggle/working",
-        kit_dir="/tmp/unsloth-recipe-kit",
+        wheel_place="as a dataset",
+        wheel_dir="/kaggle/input/DATASET",
         metadata={"kaggle": {"accelerator": "nvidiaTeslaT4", "dataSources": [], "isGpuEnabled": True,
                              "isInternetEnabled": True, "language": "python", "sourceType": "notebook"}},
         env={"CUDA_VISIBLE_DEVICES": "0"},
@@ -102,8 +107,9 @@ PLATFORMS = {
             "**On Kaggle:** *Settings → Accelerator → GPU T4 x2* and *Settings → Internet → on*, "
             "then *Run All*. The notebook's own cells train on one T4 (the first cell sets "
             "`CUDA_VISIBLE_DEVICES=0` before torch is imported); its last cell runs the recipe on "
-            "both T4s as two processes. The first cell installs the tested "
-            "stack and the kit (a few minutes; Kaggle's own CUDA torch is kept when it fits the pins). "
+            "both T4s as two processes. The first cell installs the kit and the tested stack (a few "
+            "minutes; Kaggle's own CUDA torch is kept when it fits the pins); its `KIT_SOURCE` says "
+            "where the kit comes from. "
             "Outputs go to `/kaggle/working/outputs/{recipe}` and are kept with *Save Version*. "
             "`/kaggle/working` holds 20 GB: a merged 16-bit export takes about 2 bytes per model "
             "parameter, so for large models choose `export=\"adapter\"` (the run checks the free "
@@ -123,7 +129,7 @@ if BOTH_T4S:
     from kit import launch
 
     both = dataclasses.replace(cfg, nproc=2, output_dir=cfg.output_dir + "-2gpu")
-    subprocess.run([sys.executable, "{kit_dir}/recipes/{recipe}.py", *launch.as_args(both)],
+    subprocess.run([sys.executable, "-m", "kit", "{recipe}", *launch.as_args(both)],
                    env={{**os.environ, "CUDA_VISIBLE_DEVICES": "0,1"}}, check=True)
 """
 
@@ -133,10 +139,18 @@ KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3
 # ---------------------------------------------------------------- the pins
 
 
-def requirement_lines(path: Path) -> list[str]:
-    """A requirements file's requirements, comments and blank lines dropped, order kept."""
+# In requirements/stack.txt, what follows this line is for the checkout's tests and lint only;
+# a notebook does not install it.
+DEV_TOOLS = "# test and lint tools"
+
+
+def requirement_lines(path: Path, until: str | None = None) -> list[str]:
+    """A requirements file's requirements, comments and blank lines dropped, order kept; with
+    `until`, only those above the line `until`."""
     out = []
     for line in path.read_text().splitlines():
+        if until is not None and line.strip() == until:
+            break
         line = line.split(" #", 1)[0].strip()
         if line and not line.startswith("#"):
             out.append(line)
@@ -176,20 +190,38 @@ def setup_installs(path: Path = SETUP) -> dict:
     return {"torch": gpu_torch, "no_deps": no_deps}
 
 
-def repository_url(path: Path = PYPROJECT) -> str:
-    """pyproject.toml's `[project.urls] Repository`, or "" where there is none."""
+def _project(path: Path = PYPROJECT) -> dict:
+    """pyproject.toml's [project] table (tomllib; on Python 3.10 without tomli, the few keys
+    this file needs, read plainly)."""
     text = path.read_text()
     try:
         import tomllib
-    except ImportError:  # Python 3.10 without tomli: read the one table plainly
+    except ImportError:
         try:
             import tomli as tomllib  # type: ignore[no-redef]
         except ImportError:
-            table = re.search(r"^\[project\.urls\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
-            url = table and re.search(r'^\s*"?Repository"?\s*=\s*"([^"]*)"', table[1], re.M)
-            return url[1] if url else ""
-    project = tomllib.loads(text).get("project", {})
-    return str(project.get("urls", {}).get("Repository", ""))
+            def key(table: str, name: str) -> str:
+                body = re.search(rf"^\[{re.escape(table)}\]\s*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+                value = body and re.search(rf'^\s*"?{name}"?\s*=\s*"([^"]*)"', body[1], re.M)
+                return value[1] if value else ""
+            return {"name": key("project", "name"), "version": key("project", "version"),
+                    "urls": {"Repository": key("project.urls", "Repository")}}
+    return tomllib.loads(text).get("project", {})
+
+
+def repository_url(path: Path = PYPROJECT) -> str:
+    """pyproject.toml's `[project.urls] Repository`, or "" where there is none."""
+    return str(_project(path).get("urls", {}).get("Repository", ""))
+
+
+def default_source(path: Path = PYPROJECT) -> tuple[str, str]:
+    """What an empty KIT_SOURCE installs, and where that comes from: the repository named in
+    pyproject.toml (pip clones it), else this version on PyPI (once it is published)."""
+    url = repository_url(path)
+    if url:
+        return url, "pyproject.toml's [project.urls] Repository"
+    project = _project(path)
+    return f"{project['name']}=={project['version']}", "this version on PyPI, once it is published"
 
 
 def _pylist(name: str, items: list[str], width: int = 96) -> str:
@@ -199,74 +231,129 @@ def _pylist(name: str, items: list[str], width: int = 96) -> str:
     return f"{name} = [\n{body},\n]\n"
 
 
+# The install cell's code below its settings. Everything a user may change is KIT_SOURCE, above
+# it; the lists it reads (TORCH, NO_DEPS, CONSTRAINTS, STACK) come from requirements/ and
+# scripts/setup_venv.sh. The kit is installed as a regular package (not editable, not a clone
+# named `kit` in the working folder): a running kernel sees a package pip adds to site-packages,
+# but not an editable install's finder (loaded at interpreter start only), and a folder named
+# `kit` in its working folder would shadow the package.
+INSTALL_CODE = '''
+
+class Stop(Exception):
+    """A one-line message instead of a traceback; "Run all" stops at this cell."""
+
+    def _render_traceback_(self):
+        return [f"error: {self}"]
+
+
+def pip(what, *args):
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-color",
+                           "--disable-pip-version-check", *args], capture_output=True, text=True)
+    if proc.returncode:
+        lines = [s for s in proc.stderr.splitlines() if s.startswith("ERROR:")] or proc.stderr.splitlines()
+        last = lines[-1].removeprefix("ERROR:").strip() if lines else f"exit status {proc.returncode}"
+        raise Stop(f"pip could not install {what}: {last}")
+
+
+def importable(name):
+    spec = importlib.util.find_spec(name)
+    return spec is not None and spec.origin is not None  # a folder named `kit` here is not the kit
+
+
+def kit_requirement(source):
+    """KIT_SOURCE as pip takes it."""
+    source = source.strip()
+    if re.match(r"https?://", source) and not source.endswith((".whl", ".tar.gz", ".zip")):
+        return "git+" + source  # a repository: pip clones it and builds the package
+    if source.endswith(".whl") and "://" not in source and not os.path.isfile(source):
+        raise Stop(f"KIT_SOURCE: no such file: {source}")
+    return source  # a wheel, a git+ URL, a folder, or a version on PyPI
+
+
+if importable("kit") and importable("unsloth"):
+    print("the kit and its stack are installed already")
+else:
+    kit = kit_requirement(KIT_SOURCE or KIT_DEFAULT)
+    print(f"installing the kit from {kit}")
+    try:
+        pip("the kit", "--no-deps", kit)
+    except Stop as e:
+        if KIT_SOURCE:
+            raise
+        raise Stop(f"{e}. Set KIT_SOURCE at the top of this cell to this repository's URL, a .whl "
+                   "file, or a version on PyPI") from None
+    torch_version = ""
+    if importlib.util.find_spec("torch") is not None:
+        torch_version = importlib.metadata.version("torch")
+    fits = [c for c in CONSTRAINTS if Requirement(c).name == "torch"]
+    if torch_version and all(Requirement(c).specifier.contains(torch_version, prereleases=True)
+                             for c in fits):
+        print(f"keeping the installed torch {torch_version}")
+        CONSTRAINTS.append(f"torch=={torch_version}")  # nothing below may replace it
+    else:
+        print(f"installing {TORCH}")
+        pip(TORCH, TORCH)
+    print("installing the tested stack (a few minutes)")
+    pip("unsloth", "--no-deps", *NO_DEPS)
+    with tempfile.NamedTemporaryFile("w", suffix="-constraints.txt", delete=False) as f:
+        f.write("\\n".join(CONSTRAINTS) + "\\n")
+    pip("the stack", "-c", f.name, *STACK)
+    importlib.invalidate_caches()  # so this kernel finds what pip added to site-packages
+    if not importable("kit"):
+        raise Stop("the kit is installed but this kernel does not see it: restart the runtime and "
+                   "run all again")
+    print("done")
+'''
+
+
 def install_cell(platform: Platform) -> str:
     setup = setup_installs()
     constraints = requirement_lines(CONSTRAINTS)
     torch_pin = next((c for c in constraints if re.match(r"torch\s*[<>=!~]", c)), "torch")
     torch_spec = setup["torch"] or torch_pin
-    url = repository_url()
+    project = _project()
+    default, why = default_source()
+    wheel = f"{project['name'].replace('-', '_')}-{project['version']}-py3-none-any.whl"
     lines = [
-        "# Install the tested stack, then the kit. Does nothing where `kit` is already importable",
-        "# (a checkout's .venv, or this cell run a second time).",
+        f"# Where the kit comes from. Empty: {default} ({why}).",
+        "# Or this repository's URL (\"https://github.com/OWNER/REPO\", \"...@v1.0\" for a tag or branch),",
+        f"# a wheel uploaded {platform.wheel_place} (\"{platform.wheel_dir}/{wheel}\"),",
+        f"# or a version on PyPI (\"{project['name']}=={project['version']}\").",
+        'KIT_SOURCE = ""',
+        "",
+        "# Nothing to change below. The kit, then the tested stack (the platform's CUDA torch is kept",
+        "# where it fits the pins); nothing is installed where both are importable already (a",
+        "# checkout's .venv, or this cell run a second time).",
+        "import importlib",
         "import importlib.metadata",
         "import importlib.util",
         "import os",
+        "import re",
         "import subprocess",
         "import sys",
+        "import tempfile",
+        "",
+        "from packaging.requirements import Requirement",
         "",
     ]
     for key, value in platform.env.items():
         lines += ["# Unsloth trains on one GPU; this must be set before torch is imported.",
                   f"os.environ[{json.dumps(key)}] = {json.dumps(value)}", ""]
-    if url:
-        lines.append(f"KIT_REPO = {json.dumps(url)}  # pyproject.toml: [project.urls] Repository")
-    else:
-        lines.append('KIT_REPO = ""  # pyproject.toml names no [project.urls] Repository yet')
     lines += [
-        'KIT_REF = ""  # a branch, tag or commit of the kit; empty: the default branch',
-        f"KIT_DIR = {json.dumps(platform.kit_dir)}",
+        f"KIT_DEFAULT = {json.dumps(default)}",
         f"TORCH = {json.dumps(torch_spec)}  # only where the installed torch does not fit {torch_pin}",
     ]
     text = "\n".join(lines) + "\n"
     text += "# Installed with --no-deps, as scripts/setup_venv.sh does: their own dependencies would\n"
     text += "# replace the CUDA torch with another build.\n"
     text += _pylist("NO_DEPS", [s for group in setup["no_deps"] for s in group])
-    text += "# requirements/constraints.txt, then requirements/stack.txt:\n"
+    text += "# requirements/constraints.txt, then requirements/stack.txt (less its test and lint tools):\n"
     text += _pylist("CONSTRAINTS", constraints)
-    text += _pylist("STACK", requirement_lines(STACK))
-    text += textwrap.dedent('''
-
-        def pip(*args):
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=True)
-
-
-        if importlib.util.find_spec("kit") is None:
-            from packaging.requirements import Requirement
-
-            if not KIT_REPO:
-                raise RuntimeError("set KIT_REPO to the kit's git repository URL")
-            try:
-                torch_version = importlib.metadata.version("torch")
-            except importlib.metadata.PackageNotFoundError:
-                torch_version = ""
-            fits = [c for c in CONSTRAINTS if Requirement(c).name == "torch"]
-            if torch_version and all(Requirement(c).specifier.contains(torch_version, prereleases=True)
-                                     for c in fits):
-                print(f"keeping the installed torch {torch_version}")
-                CONSTRAINTS.append(f"torch=={torch_version}")  # nothing below may replace it
-            else:
-                pip(TORCH)
-            if not os.path.isdir(KIT_DIR):
-                subprocess.run(["git", "clone", "-q", KIT_REPO, KIT_DIR], check=True)
-            if KIT_REF:
-                subprocess.run(["git", "-C", KIT_DIR, "checkout", "-q", KIT_REF], check=True)
-            pip("--no-deps", *NO_DEPS)
-            with open(KIT_DIR + "-constraints.txt", "w") as f:
-                f.write("\\n".join(CONSTRAINTS) + "\\n")
-            pip("-c", KIT_DIR + "-constraints.txt", *STACK)
-            pip("--no-deps", "-e", KIT_DIR)
-            sys.path.insert(0, KIT_DIR)  # the editable install is seen by new processes only
-        ''')
+    stack = requirement_lines(STACK, until=DEV_TOOLS)
+    if stack == requirement_lines(STACK):
+        raise SystemExit(f"{STACK}: no line {DEV_TOOLS!r} above the checkout's own tools")
+    text += _pylist("STACK", stack)
+    text += INSTALL_CODE
     return text.rstrip() + "\n"
 
 
@@ -598,7 +685,7 @@ def build(recipe: Recipe, platform: Platform) -> nbformat.NotebookNode:
            "one T4. This cell runs the same recipe, with the settings of the parameters cell, as "
            "two processes, one per T4 (data-parallel through torch's launcher; `batch_size` stays "
            "the effective batch): set `BOTH_T4S = True` and run it.")
-        code("both-gpus", BOTH_GPUS.format(kit_dir=platform.kit_dir, recipe=recipe.name))
+        code("both-gpus", BOTH_GPUS.format(recipe=recipe.name))
 
     nb = v4.new_notebook(cells=cells)
     nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"},
@@ -641,9 +728,6 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if a notebook is stale; write nothing")
     args = ap.parse_args(argv)
-    if not repository_url():
-        print("warning: pyproject.toml has no [project.urls] Repository; the notebooks' install "
-              "cell cannot fetch the kit until it does", file=sys.stderr)
     try:
         if args.check:
             bad = stale()

@@ -142,6 +142,60 @@ def kernel_name(tmp_path_factory):
             os.environ[k] = v
 
 
+@dataclass
+class BareKernel:
+    """A Jupyter kernel on an environment like a fresh Colab or Kaggle runtime: the stack is
+    installed and the kit is not."""
+
+    name: str  # its kernel spec's name
+    prefix: Path  # sys.prefix in the kernel
+    python: Path
+
+
+KIT_ENTRIES = ("kit", "unsloth_recipe_kit", "__editable__")  # the kit, its dist-info, its finder
+
+
+@pytest.fixture
+def bare_kernel(tmp_path, monkeypatch) -> BareKernel:
+    """A new venv that sees this venv's stack but not the kit, and a kernel spec for it, first on
+    JUPYTER_PATH; one per test (a fraction of a second), as a cell may install the kit into it.
+    Each site-packages folder on this interpreter's path is mirrored as a folder of links
+    without the kit's entries (the editable install's finder and dist-info), and the new venv's
+    one .pth file lists those mirrors: a .pth line adds a folder to the path without running the
+    .pth files inside it. pip there installs into the new venv. The kernel runs offline
+    (PIP_NO_INDEX): whatever a cell installs must come from a local file."""
+    import venv
+
+    root = tmp_path / "bare"
+    prefix = root / "venv"
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(prefix)
+    python = prefix / "bin" / "python"
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    mirrors = []
+    for i, folder in enumerate(p for p in sys.path if p.endswith("site-packages") and os.path.isdir(p)):
+        mirror = root / f"stack{i}"
+        mirror.mkdir()
+        for entry in os.scandir(folder):
+            if not entry.name.startswith(KIT_ENTRIES) and not entry.name.endswith(".pth"):
+                (mirror / entry.name).symlink_to(entry.path)
+        mirrors.append(str(mirror))
+    (Path(purelib) / "_stack.pth").write_text("".join(m + "\n" for m in mirrors))
+
+    spec = root / "jupyter" / "kernels" / "kit-bare"
+    spec.mkdir(parents=True)
+    argv = [str(python), "-Xfrozen_modules=off", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    env = {"PATH": f"{prefix / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", "PIP_NO_INDEX": "1",
+           "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONNOUSERSITE": "1", "VIRTUAL_ENV": str(prefix)}
+    (spec / "kernel.json").write_text(json.dumps(
+        {"argv": argv, "env": env, "display_name": "Python 3 (stack, no kit)", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(
+        p for p in (str(root / "jupyter"), os.environ.get("JUPYTER_PATH")) if p))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(root / "runtime"))
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+    return BareKernel("kit-bare", prefix, python)
+
+
 # ---------------------------------------------------------------- the kit installed from its wheel
 
 
@@ -164,17 +218,23 @@ class Installed:
                               timeout=timeout, cwd=cwd, env=self.env())
 
 
+def packaged_copy(dest: Path) -> Path:
+    """The files a build of the package reads, copied from the checkout into `dest`, so that a
+    build leaves no build/ or egg-info in the checkout."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(ROOT / name, dest / name)
+    for name in ("kit", "recipes"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return dest
+
+
 @pytest.fixture(scope="session")
 def installed_kit(tmp_path_factory) -> Installed:
     """Build the wheel from a copy of the checkout's packaged files (so no build/ or egg-info is
     left in the checkout) with the venv's setuptools, and install it into a fresh folder."""
     root = tmp_path_factory.mktemp("wheel")
-    src = root / "src"
-    src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, src / name)
-    for name in ("kit", "recipes"):
-        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    src = packaged_copy(root / "src")
 
     def pip(*args: str) -> None:
         proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input",

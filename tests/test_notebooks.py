@@ -41,8 +41,10 @@ def cell(nb, cell_id: str):
     return next(c for c in nb.cells if c.get("id") == cell_id)
 
 
-def requirements(name: str) -> list[str]:
+def requirements(name: str, until: str = "") -> list[str]:
     lines = (ROOT / "requirements" / name).read_text().splitlines()
+    if until:
+        lines = lines[:lines.index(until)]
     return [s.split(" #")[0].strip() for s in lines if s.strip() and not s.lstrip().startswith("#")]
 
 
@@ -182,12 +184,16 @@ def test_install_cell_pins_the_tested_stack(platform):
         source = cell(notebook(platform, recipe), "install").source
         values = _assigned(source)
         assert values["CONSTRAINTS"] == requirements("constraints.txt")
-        assert values["STACK"] == requirements("stack.txt")
+        assert values["STACK"] == requirements("stack.txt", until="# test and lint tools")
+        assert "pytest" in requirements("stack.txt") and "pytest" not in values["STACK"]
         assert values["NO_DEPS"] == [f"unsloth=={unsloth}", f"unsloth_zoo=={unsloth}", smollm2]
         torch_pin = next(c for c in values["CONSTRAINTS"] if c.startswith("torch"))
         assert torch_pin.removeprefix("torch") in values["TORCH"]
-        assert values["KIT_REPO"] == mk.repository_url()
-        assert 'find_spec("kit") is None' in source and '"--no-deps"' in source
+        assert values["KIT_SOURCE"] == "" and values["KIT_DEFAULT"] == mk.default_source()[0]
+        assert '"--no-deps", kit)' in source and '"-e"' not in source  # a regular install
+        # The one value a user may fill comes first, before "Nothing to change below".
+        head = source.split("# Nothing to change below.")[0]
+        assert list(_assigned(head)) == ["KIT_SOURCE"], head
         assert "import torch" not in source
         if platform == "kaggle":
             assert 'os.environ["CUDA_VISIBLE_DEVICES"] = "0"' in source
@@ -284,7 +290,7 @@ if __name__ == "__main__":
         mk.read_recipe(src)
 
 
-# ---------------------------------------------------------------- slow: run each notebook
+# ---------------------------------------------------------------- slow: run in a fresh kernel
 
 
 # Small runs: the same cells, fewer steps and evaluation samples; only the adapter is exported.
@@ -301,15 +307,135 @@ SMALL = {
 RUNS = [(recipe, PLATFORMS[i % len(PLATFORMS)]) for i, recipe in enumerate(RECIPES)]
 
 
+def _bare_guard(bare) -> nbformat.NotebookNode:
+    """A first cell that proves the kernel is the bare venv's, where the kit is not installed."""
+    return nbformat.v4.new_code_cell(
+        "import importlib.util, sys\n"
+        f"assert sys.prefix == {str(bare.prefix)!r}, sys.prefix\n"
+        "assert importlib.util.find_spec('kit') is None, 'the kit is importable before the install cell'",
+        id="guard")
+
+
+def _execute(nb, bare, cwd, name: str, timeout: float = 900) -> None:
+    from nbclient import NotebookClient
+
+    try:
+        NotebookClient(nb, kernel_name=bare.name, timeout=timeout, startup_timeout=120,
+                       resources={"metadata": {"path": str(cwd)}}).execute()
+    finally:  # with its outputs, to read when a cell failed; and the time each cell took
+        nbformat.write(nb, cwd.parent / f"{name}.ipynb")
+        times = []
+        for c in nb.cells:
+            run = c.metadata.get("execution", {})
+            if "iopub.execute_input" in run and "shell.execute_reply" in run:
+                took = _when(run["shell.execute_reply"]) - _when(run["iopub.execute_input"])
+                times.append(f"{c.id} {took:.0f} s")
+        print(f"{name}: {', '.join(times)}")
+
+
+def _when(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _kit_from(bare) -> nbformat.NotebookNode:
+    """A last cell: where this kernel imported the kit from."""
+    return nbformat.v4.new_code_cell("import kit\nprint('KIT_FROM', kit.__file__)", id="kit-from")
+
+
+def _printed(c) -> str:
+    return "".join(o.get("text", "") for o in c.outputs if o.output_type == "stream")
+
+
+def _fill_source(source: str, wheel) -> str:
+    """The one value a user fills in the install cell: KIT_SOURCE, here a wheel file."""
+    line = 'KIT_SOURCE = ""'
+    assert source.count(line) == 1, "the install cell has no empty `KIT_SOURCE = \"\"` line"
+    return source.replace(line, f"KIT_SOURCE = {str(wheel)!r}")
+
+
+@pytest.mark.slow
+def test_install_cell_stops_with_one_line(bare_kernel, tmp_path):
+    """In a fresh kernel (no kit), a KIT_SOURCE that is no file, and the default where the index
+    cannot be reached, each stop the cell with one `error:` line saying what to set; nothing
+    after it runs."""
+    from nbclient.exceptions import CellExecutionError
+
+    install = cell(notebook("colab", RECIPES[0]), "install").source
+    for name, source, says in [
+        ("missing", install.replace('KIT_SOURCE = ""', 'KIT_SOURCE = "/nowhere/kit.whl"'),
+         "error: KIT_SOURCE: no such file: /nowhere/kit.whl"),
+        ("default", install,  # PIP_NO_INDEX: as when the package is not on PyPI
+         f"error: pip could not install the kit: No matching distribution found for "
+         f"{mk.default_source()[0]}. Set KIT_SOURCE at the top of this cell"),
+    ]:
+        work = tmp_path / name
+        work.mkdir()
+        nb = nbformat.v4.new_notebook(cells=[_bare_guard(bare_kernel),
+                                             nbformat.v4.new_code_cell(source, id="install"),
+                                             nbformat.v4.new_code_cell("print('AFTER')", id="after")])
+        with pytest.raises(CellExecutionError):
+            _execute(nb, bare_kernel, work, name, timeout=300)
+        [error] = [o for o in nb.cells[1].outputs if o.output_type == "error"]
+        assert len(error.traceback) == 1 and error.traceback[0].startswith(says), error.traceback
+        assert nb.cells[2].outputs == []
+
+
+def _readme_cells() -> list[str]:
+    """The Python blocks of the README's "In a Colab or Kaggle cell" section, as a user copies them."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## In a Colab or Kaggle cell\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```python\n(.*?)^```", section, re.M | re.S)
+
+
+def _replace_once(text: str, pattern: str, new: str) -> str:
+    out, n = re.subn(pattern, new, text, flags=re.M)
+    assert n == 1, f"the README cell no longer has {pattern!r}"
+    return out
+
+
+@pytest.mark.slow
+def test_readme_cells_run_in_one_fresh_kernel(bare_kernel, installed_kit, tmp_path):
+    """The README's install cell (KIT_SOURCE: a wheel of this checkout) and its Python cell (two
+    steps instead of 60), as they stand, in one kernel without the kit, in a fresh folder
+    holding the user's my_chats.jsonl."""
+    install, run = _readme_cells()
+    install = _replace_once(install, r"^KIT_SOURCE = .*$", f"KIT_SOURCE = {str(installed_kit.wheel)!r}")
+    run = _replace_once(run, r"\bmax_steps=60\b", "max_steps=2")
+    work = tmp_path / "fresh"
+    work.mkdir()
+    rows = [json.loads(s) for s in (ROOT / "kit" / "builtin" / "persona_train.jsonl").open()][:20]
+    write_jsonl(work / "my_chats.jsonl", rows)
+    nb = nbformat.v4.new_notebook(cells=[
+        _bare_guard(bare_kernel), nbformat.v4.new_code_cell(install, id="install"),
+        nbformat.v4.new_code_cell(run, id="run"), _kit_from(bare_kernel),
+        nbformat.v4.new_code_cell("!python -m kit", id="shell")])
+    started = time.perf_counter()
+    _execute(nb, bare_kernel, work, "readme")
+    print(f"the README's cells ran in {time.perf_counter() - started:.0f} s")
+
+    assert f"KIT_FROM {bare_kernel.prefix}/lib/" in _printed(cell(nb, "kit-from"))
+    assert "chat" in _printed(cell(nb, "shell")).split("recipes:")[1]
+    metrics = json.loads((work / "outputs" / "chat" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 2
+    assert metrics["before"].keys() == metrics["after"].keys()
+    [shown] = [o for o in cell(nb, "run").outputs if o.output_type == "execute_result"]
+    assert repr(metrics["after"]["loss"])[:6] in shown["data"]["text/plain"]  # the cell's last line
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe, platform", RUNS)
-def test_notebook_runs_top_to_bottom(recipe, platform, tmp_path, kernel_name, request):
-    from nbclient import NotebookClient
+def test_notebook_runs_top_to_bottom(recipe, platform, tmp_path, bare_kernel, installed_kit, request):
+    """The notebook as generated, in a kernel without the kit: the install cell with KIT_SOURCE
+    filled (a wheel of this checkout), the parameters cell as it is; a cell after it makes the
+    run small (steps, evaluation size, the adapter export only, output_dir in tmp)."""
     from nbclient.exceptions import CellExecutionError
 
     nb = notebook(platform, recipe)
     out = tmp_path / "out"
-    params = cell(nb, "parameters")
+    install = cell(nb, "install")
+    install.source = _fill_source(install.source, installed_kit.wheel)
     settings = {"max_steps": 2, "save_steps": 0, "export": "adapter", **SMALL.get(recipe, {}),
                 "output_dir": str(out)}
     if recipe == "classification":  # it scores every held-out text: two per label will do
@@ -319,32 +445,31 @@ def test_notebook_runs_top_to_bottom(recipe, platform, tmp_path, kernel_name, re
         few = [r for i, r in enumerate(rows) if [x["label"] for x in rows[:i]].count(r["label"]) < 2]
         settings["data"] = str(builtin / "tickets_train.jsonl")
         settings["eval_data"] = str(write_jsonl(tmp_path / "heldout.jsonl", few))
-    if recipe == "fim":  # a model with FIM tokens (tiny and random), and four source files
-        src = tmp_path / "src"
-        src.mkdir()
-        for i in range(4):
-            (src / f"m{i}.py").write_text(f"def f{i}(x):\n    y = x + {i}\n    z = y * 2\n    return z\n")
-        settings.update(data=str(src), model=str(request.getfixturevalue("tiny_fim_model_dir")),
-                        eval_fraction=0.25)
-    config_class = re.search(r"cfg = (\w+)\(", params.source)[1]
-    params.source = f"cfg = {config_class}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
-    # first, a cell that proves the kernel is this venv's interpreter
-    guard = f"import sys\nassert sys.prefix == {sys.prefix!r}, sys.prefix"
-    nb.cells.insert(0, nbformat.v4.new_code_cell(guard, id="guard"))
+    if recipe == "fim":  # its data as generated (the kit's own sources); no model with FIM tokens
+        # is at hand offline but a tiny random one
+        settings.update(model=str(request.getfixturevalue("tiny_fim_model_dir")), eval_limit=2)
+    at = nb.cells.index(cell(nb, "parameters")) + 1
+    small = "import dataclasses\ncfg = dataclasses.replace(cfg, " + ", ".join(
+        f"{k}={v!r}" for k, v in settings.items()) + ")"
+    nb.cells.insert(at, nbformat.v4.new_code_cell(small, id="small"))
+    nb.cells.insert(0, _bare_guard(bare_kernel))
+    nb.cells.append(_kit_from(bare_kernel))
 
     started = time.perf_counter()
+    work = tmp_path / "work"
+    work.mkdir()
     try:
-        NotebookClient(nb, kernel_name=kernel_name, timeout=900, startup_timeout=120,
-                       resources={"metadata": {"path": str(tmp_path)}}).execute()
+        _execute(nb, bare_kernel, work, f"{platform}-{recipe}")
     except CellExecutionError as exc:
         # Two steps cannot teach the random FIM model to close a middle: its export check
         # fails, in the metrics cell's require_ok, after metrics.json and the adapter are written.
         if recipe != "fim" or "export check failed: adapter (" not in str(exc):
             raise
-    finally:  # with its outputs, to read when a cell failed
-        nbformat.write(nb, tmp_path / f"{platform}-{recipe}.ipynb")
     print(f"{platform}/{recipe}.ipynb ran in {time.perf_counter() - started:.0f} s")
 
+    assert "installing the kit from " + str(installed_kit.wheel) in _printed(cell(nb, "install"))
+    if recipe != "fim":
+        assert f"KIT_FROM {bare_kernel.prefix}/lib/" in _printed(cell(nb, "kit-from"))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["before"] and metrics["before"].keys() == metrics["after"].keys()
     assert metrics["train"]["steps"] == 2

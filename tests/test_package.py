@@ -5,11 +5,18 @@ installed copy too."""
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
+import tarfile
 import zipfile
+from pathlib import Path
+
+from conftest import ROOT, packaged_copy
 
 RECIPES = ("chat", "classification", "code", "fim")
+VERSION = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.M)[1]
 
 
 def test_wheel_carries_the_kit_the_recipes_and_their_data(installed_kit):
@@ -61,3 +68,67 @@ def test_python_m_kit_recipe_help(installed_kit, tmp_path):
         title = {"chat": "ChatConfig", "classification": "ClassificationConfig", "code": "CodeConfig",
                  "fim": "FimConfig"}[recipe]
         assert f"{title}: key=value overrides" in out and "max_steps" in out and "lora.r" in out
+
+
+# ---------------------------------------------------------------- ready to publish
+
+
+def test_sdist_and_wheel_build_and_pass_twine_check(tmp_path):
+    """What the release workflow runs: `python -m build` (the sdist, then the wheel built from
+    the sdist, so a file the sdist forgets breaks the wheel) and `twine check --strict`."""
+    import email
+
+    src = packaged_copy(tmp_path / "src")
+    dist = tmp_path / "dist"
+    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(src)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    version = VERSION
+    sdist = dist / f"unsloth_recipe_kit-{version}.tar.gz"
+    wheel = dist / f"unsloth_recipe_kit-{version}-py3-none-any.whl"
+    assert set(dist.iterdir()) == {sdist, wheel}
+    proc = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(sdist), str(wheel)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    assert proc.returncode == 0 and proc.stdout.count("PASSED") == 2, proc.stdout + proc.stderr
+
+    with tarfile.open(sdist) as tar:
+        names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
+    assert {"LICENSE", "README.md", "pyproject.toml", "recipes/chat.py",
+            "kit/builtin/tickets_test.jsonl"} <= names
+    with zipfile.ZipFile(wheel) as whl:
+        names = set(whl.namelist())
+        meta = email.message_from_bytes(whl.read(f"unsloth_recipe_kit-{version}.dist-info/METADATA"))
+    assert {f"kit/recipes/{r}.py" for r in RECIPES} <= names
+    assert f"unsloth_recipe_kit-{version}.dist-info/licenses/LICENSE" in names
+    assert meta["License-Expression"] == "Apache-2.0" and meta["Version"] == version
+    assert meta["Description-Content-Type"] == "text/markdown"
+    assert "Programming Language :: Python :: 3" in meta.get_all("Classifier")
+    assert meta.get_payload().startswith("# unsloth-recipe-kit")  # the README is the PyPI page
+
+
+def test_release_check_gates_the_tag_and_the_repository(tmp_path):
+    """The release workflow's first step: a tag that is not `v<version>`, or a pyproject.toml
+    without its repository URL, stops the release with one line each."""
+    version = VERSION
+    workflow = (ROOT / ".github" / "workflows" / "release.yml").read_text()
+    assert 'python scripts/release_check.py "$GITHUB_REF_NAME"' in workflow
+    assert "pypa/gh-action-pypi-publish@release/v1" in workflow and "id-token: write" in workflow
+
+    def check(tag: str, pyproject: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "release_check.py"), tag,
+                               str(pyproject)], capture_output=True, text=True, timeout=60)
+
+    bare = tmp_path / "bare.toml"
+    text = (ROOT / "pyproject.toml").read_text()
+    bare.write_text(re.sub(r"(?ms)^\[project\.urls\].*?(?=^\[|\Z)", "", text))
+    named = tmp_path / "named.toml"
+    named.write_text(bare.read_text().replace("\n[project.scripts]",
+                                              '\n[project.urls]\nRepository = "https://github.com/o/r"\n'
+                                              "\n[project.scripts]"))
+    assert check(f"v{version}", named).returncode == 0
+    wrong = check("v9.9.9", named)
+    assert wrong.returncode == 2 and wrong.stderr.splitlines() == [
+        f"error: the tag 'v9.9.9' is not 'v{version}' (pyproject.toml's version)"]
+    nameless = check(f"v{version}", bare)
+    assert nameless.returncode == 2 and nameless.stderr.splitlines() == [
+        'error: pyproject.toml has no [project.urls] Repository = "https://..." (docs/release.md)']
