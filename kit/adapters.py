@@ -22,7 +22,8 @@ from kit.errors import fail
 
 INIT_WEIGHTS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 REWRITES_BASE = ("pissa", "olora")
-INITIAL = ".adapter-init"  # in output_dir: the PiSSA/OLoRA adapter as it started
+INITIAL = "initial_adapter"  # in output_dir: the PiSSA/OLoRA adapter as it started (PEFT loads
+# it under its folder name, which may hold no dot)
 
 
 def init_weights(init: str):

@@ -92,13 +92,20 @@ def save_adapter(model, tokenizer, final: Path, extra_files: dict[str, str] | No
                if str(config.init_lora_weights).lower() in adapters.REWRITES_BASE and initial.is_dir()
                else {})
     with atomic_dir(final) as tmp:
-        saved = config.base_model_name_or_path, config.revision
+        # adapter_config.json and PEFT's README.md name the base from these two: the portable
+        # name for the save, this machine's path back afterwards.
+        model_config = model.get_base_model().config
+        saved = config.base_model_name_or_path, config.revision, model_config._name_or_path
         config.base_model_name_or_path, config.revision = pinned["base_model"], pinned["revision"]
+        model_config._name_or_path = pinned["base_model"]
         try:
             model.save_pretrained(str(tmp), **convert)
         finally:
-            config.base_model_name_or_path, config.revision = saved
+            config.base_model_name_or_path, config.revision, model_config._name_or_path = saved
         (tmp / pin.FILE).write_text(json.dumps(pinned, indent=2) + "\n")
+        local = pin.base_dir(path)
+        if local is not None:  # where the base is on this machine; a dot-file, never pushed
+            (tmp / pin.LOCAL).write_text(str(local.resolve()) + "\n")
         tokenizer.save_pretrained(str(tmp))
         # peft would use the base model's; kit.verify and users' own code can read this one.
         generation_config(model, tokenizer).save_pretrained(str(tmp))

@@ -15,6 +15,9 @@ import struct
 from pathlib import Path
 
 FILE = "base_fingerprint.json"
+# Where the base is on this machine, for loading the adapter here (kit.verify, predict()): a
+# dot-file, which kit.hub's push leaves out, so nothing published names a local path.
+LOCAL = ".local-base"
 SAMPLE_BYTES = 64  # from the start and the middle of each tensor
 # config.json keys that change with the writer, not the model.
 _VOLATILE = {"transformers_version", "_name_or_path", "name_or_path"}
@@ -99,6 +102,17 @@ def record(path: str, hub_id: str = "") -> dict:
     if note:
         out["note"] = note
     return out
+
+
+def local_base(adapter_dir: Path) -> str | None:
+    """The base's folder on this machine, as the kit recorded it beside the adapter, if it is
+    still there."""
+    hint = Path(adapter_dir) / LOCAL
+    if hint.is_file():
+        folder = Path(hint.read_text().strip())
+        if (folder / "config.json").is_file():
+            return str(folder)
+    return None
 
 
 def check(adapter_dir: Path, base: str) -> None:

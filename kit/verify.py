@@ -29,6 +29,10 @@ def load_exported(path, kind: str | None = None, base: str | None = None):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kind = kind or ("adapter" if (Path(path) / "adapter_config.json").is_file() else "merged")
+    if kind == "adapter" and not base:  # the base on this machine, as the kit recorded it
+        from kit import pin
+
+        base = pin.local_base(Path(path))
     tokenizer = AutoTokenizer.from_pretrained(path)
     gpu = torch.cuda.is_available()
     dtype = "auto" if gpu else torch.float32

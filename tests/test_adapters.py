@@ -16,13 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, run_recipe
 
 from kit import adapters, data, export, pin, train, verify
 from kit.choice import ModelChoice
 from kit.config import LoraConfig, RecipeConfig, apply_overrides
 from kit.errors import KitError
-
-from conftest import ROOT, run_recipe
 
 PROBE = [{"role": "user", "content": "Say hello."}]
 
@@ -140,7 +139,8 @@ def trained(tiny_model_dir, tokenizer, tmp_path_factory):
         from kit.memory import Settings
         from kit.runplan import RunPlan
 
-        run = RunPlan(Device("cpu", "", 0.0, False), None, Settings(False, False, [], 2, 1), learning_rate=1e-2)
+        run = RunPlan(Device("cpu", "", 0.0, False), None, Settings(False, False, [], 2, 1),
+                      learning_rate=1e-2)
         trainer = SFTTrainer(model=model, processing_class=tok, train_dataset=train.to_dataset(rows),
                              data_collator=train.collator_for(tok, False), args=train.sft_config(cfg, run),
                              optimizers=adapters.optimizers(model, lora, 1e-2, gpu=False))
@@ -173,19 +173,20 @@ def test_variant_loads_in_plain_peft_with_the_run_logits(trained, name, tmp_path
 
 
 @pytest.mark.slow
-def test_adapter_names_its_base_portably_and_is_refused_on_another(trained, tiny_model_dir, taught_model_dir):
+def test_adapter_names_its_base_portably_and_is_refused_on_another(trained, tiny_model_dir,
+                                                                   tiny_fim_model_dir):
     adapter = trained["rslora"]["dir"]
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == tiny_model_dir.name  # a folder's name, not its path
     pinned = json.loads((adapter / pin.FILE).read_text())
     assert pinned["sha256"] == pin.fingerprint(tiny_model_dir)["sha256"] and "note" in pinned
-    for f in adapter.rglob("*"):
-        if f.is_file() and f.suffix != ".safetensors":
+    for f in adapter.rglob("*"):  # .local-base (this machine's path) is a dot-file push leaves out
+        if f.is_file() and f.suffix != ".safetensors" and not f.name.startswith("."):
             assert str(tiny_model_dir.parent) not in f.read_text(errors="replace"), f.name
     with pytest.raises(KitError, match=r"was trained on tiny-llama\w* .* is another base"):
-        adapters.load(str(taught_model_dir), adapter)
+        adapters.load(str(tiny_fim_model_dir), adapter)
     assert isinstance(adapters.load(str(tiny_model_dir), adapter, dtype=torch.float32), torch.nn.Module)
-    res = export.verify("adapter", adapter, PROBE, max_new_tokens=2, base=str(taught_model_dir))
+    res = export.verify("adapter", adapter, PROBE, max_new_tokens=2, base=str(tiny_fim_model_dir))
     assert not res["ok"] and res["error"].startswith("error: the adapter in adapter was trained on")
 
 
@@ -216,6 +217,7 @@ def test_chat_merge_report_agrees_with_the_adapter_and_names_no_local_path(tmp_p
     assert "LoRA variant | rslora" in card and "greedy agreement 100.0%" in card
     local = (str(tmp_path), str(Path.home()), str(embedded.cache_root()))
     texts = {"card": card, **{str(f): f.read_text(errors="replace") for kind in ("adapter", "merged")
-                               for f in (out / kind).rglob("*") if f.is_file() and f.suffix != ".safetensors"}}
+                               for f in (out / kind).rglob("*")
+                               if f.is_file() and f.suffix != ".safetensors" and not f.name.startswith(".")}}
     for name, text in texts.items():
         assert not any(p in text for p in local), name
