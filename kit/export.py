@@ -94,14 +94,16 @@ def save_adapter(model, tokenizer, final: Path, extra_files: dict[str, str] | No
     with atomic_dir(final) as tmp:
         # adapter_config.json and PEFT's README.md name the base from these two: the portable
         # name for the save, this machine's path back afterwards.
-        model_config = model.get_base_model().config
-        saved = config.base_model_name_or_path, config.revision, model_config._name_or_path
+        inner = model.get_base_model()
+        saved = (config.base_model_name_or_path, config.revision, inner.config._name_or_path,
+                 inner.name_or_path)
         config.base_model_name_or_path, config.revision = pinned["base_model"], pinned["revision"]
-        model_config._name_or_path = pinned["base_model"]
+        inner.config._name_or_path = inner.name_or_path = pinned["base_model"]
         try:
             model.save_pretrained(str(tmp), **convert)
         finally:
-            config.base_model_name_or_path, config.revision, model_config._name_or_path = saved
+            (config.base_model_name_or_path, config.revision, inner.config._name_or_path,
+             inner.name_or_path) = saved
         (tmp / pin.FILE).write_text(json.dumps(pinned, indent=2) + "\n")
         local = pin.base_dir(path)
         if local is not None:  # where the base is on this machine; a dot-file, never pushed
