@@ -53,8 +53,8 @@ class LoraConfig:
     qkv_proj, o_proj, gate_up_proj, down_proj in Phi-3)."""
     variant: Literal["lora", "rslora", "dora"] = "lora"
     """`lora`; `rslora` (the update scaled by alpha / sqrt(r), so a larger r still learns);
-    `dora` (weight-decomposed: a learned magnitude per output row; unfused in Unsloth, about 1.8x
-    the time per step of plain LoRA, measured in docs/adapters.md)."""
+    `dora` (weight-decomposed: a learned magnitude per output row; unfused in Unsloth: about 1.8x
+    the time per step of plain LoRA and ~9% more peak RAM on the embedded model, docs/adapters.md)."""
     init: Literal["default", "gaussian", "pissa", "olora", "loftq"] = "default"
     """How the adapter starts: `default` (B = 0), `gaussian`, `pissa` (the top singular
     directions of each weight), `olora` (its QR factors). pissa and olora move part of the base
