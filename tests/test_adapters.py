@@ -199,7 +199,8 @@ def test_chat_merge_report_agrees_with_the_adapter_and_names_no_local_path(tmp_p
 
     out = tmp_path / "chat"
     proc = run_recipe("chat", "max_steps=3", f"output_dir={out}", "eval_samples=2", "max_new_tokens=8",
-                      "save_steps=0", "merge_dtype=float32", "lora.variant=rslora")
+                      "save_steps=0", "merge_dtype=float32", "lora.variant=rslora",
+                      timeout=1800)  # a 3-step run; minutes on a loaded 2-core machine
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "merged" / "merge_report.json").read_text())
     for key in ("dtype", "update_lost", "unchanged_share", "loss_adapter", "loss_merged", "greedy_agreement"):
