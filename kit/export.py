@@ -1,5 +1,10 @@
-"""Export: the LoRA adapter (PEFT format) and/or the merged 16-bit model, written atomically
-and then checked by loading each in a fresh process with plain peft/transformers."""
+"""Export: the LoRA adapter (PEFT format) and/or the merged model, written atomically and then
+checked by loading each in a fresh process with plain peft/transformers.
+
+The adapter names its base portably and carries its fingerprint (kit.pin). The merge is done in
+float32 by plain PEFT in a fresh process (kit.verify.merge_main), from the 16-bit base where the
+run was 4-bit, and saved in `merge_dtype`; merged/merge_report.json says what the cast lost and
+how far the merged model's held-out loss and greedy tokens are from the adapter's."""
 
 from __future__ import annotations
 
@@ -63,9 +68,46 @@ def generation_config(model, tokenizer):
     return config
 
 
-def save_adapter(model, tokenizer, final: Path, extra_files: dict[str, str] | None = None) -> Path:
+def base_of(model, base=None):
+    """(path, hub id) of the base the adapters sit on: the run's ModelChoice where given, else
+    the path PEFT recorded when get_peft_model was called."""
+    if base is not None:
+        return str(base.path), base.hub_id
+    return str(model.peft_config["default"].base_model_name_or_path or ""), ""
+
+
+def save_adapter(model, tokenizer, final: Path, extra_files: dict[str, str] | None = None,
+                 base=None) -> Path:
+    """The adapter (PEFT's save_pretrained) naming its base portably (the Hub id, or the folder's
+    name; kit.pin), with base_fingerprint.json beside it. A PiSSA/OLoRA adapter is converted to a
+    plain LoRA against the original base (from the initial adapter kit.adapters.keep_initial
+    kept in output_dir), so it loads on that base in plain PEFT."""
+    from kit import adapters, pin
+
+    path, hub_id = base_of(model, base)
+    pinned = pin.record(path, hub_id)
+    config = model.peft_config["default"]
+    initial = adapters.initial_dir(final.parent)
+    convert = ({"path_initial_model_for_weight_conversion": str(initial)}
+               if str(config.init_lora_weights).lower() in adapters.REWRITES_BASE and initial.is_dir()
+               else {})
     with atomic_dir(final) as tmp:
-        model.save_pretrained(str(tmp))
+        # adapter_config.json and PEFT's README.md name the base from these two: the portable
+        # name for the save, this machine's path back afterwards.
+        inner = model.get_base_model()
+        saved = (config.base_model_name_or_path, config.revision, inner.config._name_or_path,
+                 inner.name_or_path)
+        config.base_model_name_or_path, config.revision = pinned["base_model"], pinned["revision"]
+        inner.config._name_or_path = inner.name_or_path = pinned["base_model"]
+        try:
+            model.save_pretrained(str(tmp), **convert)
+        finally:
+            (config.base_model_name_or_path, config.revision, inner.config._name_or_path,
+             inner.name_or_path) = saved
+        (tmp / pin.FILE).write_text(json.dumps(pinned, indent=2) + "\n")
+        local = pin.base_dir(path)
+        if local is not None:  # where the base is on this machine; a dot-file, never pushed
+            (tmp / pin.LOCAL).write_text(str(local.resolve()) + "\n")
         tokenizer.save_pretrained(str(tmp))
         # peft would use the base model's; kit.verify and users' own code can read this one.
         generation_config(model, tokenizer).save_pretrained(str(tmp))
@@ -74,7 +116,74 @@ def save_adapter(model, tokenizer, final: Path, extra_files: dict[str, str] | No
     return final
 
 
-def save_merged(model, tokenizer, final: Path, extra_files: dict[str, str] | None = None) -> Path:
+def merge_base(model, base=None) -> str | None:
+    """The 16-bit weights to merge into: the run's base, or for a 4-bit run the 16-bit model
+    Unsloth's table maps it to (or the same repository, when it was quantized on loading).
+    None: unknown (a pre-quantized model outside Unsloth's table)."""
+    path, _ = base_of(model, base)
+    if not getattr(model, "is_loaded_in_4bit", False):
+        return path
+    from unsloth.models.mapper import INT_TO_FLOAT_MAPPER
+
+    full = INT_TO_FLOAT_MAPPER.get(path) or INT_TO_FLOAT_MAPPER.get(path.lower())
+    if full:
+        return full
+    from kit import pin
+
+    folder = pin.base_dir(path)
+    config = json.loads((folder / "config.json").read_text()) if folder else {}
+    return path if folder and "quantization_config" not in config else None
+
+
+def held_out_file(folder: Path, held_out, rows: int = 16, prompts: int = 4, new_tokens: int = 16) -> Path:
+    """The held-out rows the merge report measures (token ids and labels; the prompt part of the
+    first few, for greedy replies), as JSON for the fresh process."""
+    data = {"rows": [[e.input_ids, e.labels] for e in held_out[:rows]],
+            "prompts": [], "new_tokens": new_tokens}
+    for e in held_out[:prompts]:
+        first = next((i for i, lab in enumerate(e.labels) if lab != -100), len(e.labels))
+        if first > 0:
+            data["prompts"].append(e.input_ids[:first])
+    path = folder / "held_out.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def save_merged(model, tokenizer, final: Path, extra_files: dict[str, str] | None = None, *,
+                adapter: Path | None = None, base=None, dtype: str = "auto", held_out=None,
+                timeout: float = 3600) -> tuple[Path, dict]:
+    """The merged model and its merge report (kit.verify.merge_main, in a fresh process): LoRA
+    merged in float32 into the 16-bit base and saved in `dtype`. `adapter`: the adapter folder
+    already saved (else one is saved to a scratch folder first). A 4-bit run whose 16-bit base
+    is unknown is merged by Unsloth's save_pretrained_merged instead (report: measured false)."""
+    full = merge_base(model, base)
+    if full is None:
+        return _save_merged_unsloth(model, tokenizer, final, extra_files), {
+            "measured": False, "ok": True,
+            "note": "merged by Unsloth (merged_16bit): no 16-bit base known for this 4-bit model"}
+    scratch = Path(tempfile.mkdtemp(prefix=".merge-", dir=final.parent))
+    try:
+        if adapter is None or not (adapter / "adapter_config.json").is_file():
+            adapter = save_adapter(model, tokenizer, scratch / "adapter", base=base)
+        data = held_out_file(scratch, list(held_out or []))
+        with atomic_dir(final) as tmp:
+            report = check_in_fresh_process("merge", ["kit.verify", "merge", str(adapter), str(tmp),
+                                                      full, dtype, str(data)], timeout)
+            if report.get("error"):
+                from kit.errors import CheckFailed
+
+                raise CheckFailed(f"merge failed: {report['error']}")
+            tokenizer.save_pretrained(str(tmp))
+            generation_config(model, tokenizer).save_pretrained(str(tmp))
+            _copy_sentencepiece_model(model, tmp)
+            _write_extra(tmp, extra_files)
+            _settle_permissions(tmp)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return final, report
+
+
+def _save_merged_unsloth(model, tokenizer, final: Path, extra_files: dict[str, str] | None = None) -> Path:
     """Merge LoRA into 16-bit weights through Unsloth (which dequantizes a 4-bit base)."""
     with atomic_dir(final) as tmp:
         model.save_pretrained_merged(
@@ -103,18 +212,21 @@ def _copy_sentencepiece_model(model, folder: Path) -> None:
 
 
 def verify(kind: str, path: Path, prompt: list[dict], max_new_tokens: int = 64,
-           timeout: float = 600) -> dict:
+           timeout: float = 600, base: str | None = None) -> dict:
     """Load an exported folder in a fresh Python process (plain peft/transformers, no
     Unsloth), generate greedily from `prompt`, and report whether it stopped at one of the
-    folder's own stop tokens (its generation_config.json)."""
+    folder's own stop tokens (its generation_config.json). `base`: the base an adapter goes on
+    (its adapter_config.json names the Hub id, which need not be reachable from here)."""
     result = check_in_fresh_process(
-        kind, ["kit.verify", kind, str(path), json.dumps(prompt), str(max_new_tokens)], timeout)
+        kind, ["kit.verify", kind, str(path), json.dumps(prompt), str(max_new_tokens),
+               *([base] if base and kind == "adapter" else [])], timeout)
     if "error" not in result:
         result["ok"] = bool(result.get("reply")) and bool(result.get("stopped"))
     return result
 
 
-def save_gguf(model, tokenizer, output_dir: Path, quant: str, merged: Path | None, progress=print) -> Path:
+def save_gguf(model, tokenizer, output_dir: Path, quant: str, merged: Path | None, progress=print,
+              **merge) -> Path:
     """A GGUF converted from the merged model: the one just exported, or a temporary one that is
     removed afterwards (a GGUF-only run should not leave a 16-bit copy on a 20 GB Kaggle disk)."""
     from kit import gguf, stops
@@ -125,7 +237,7 @@ def save_gguf(model, tokenizer, output_dir: Path, quant: str, merged: Path | Non
                                 stops=stop_tokens)
     scratch = output_dir / ".merged-for-gguf"
     try:
-        save_merged(model, tokenizer, scratch)
+        save_merged(model, tokenizer, scratch, **merge)
         return gguf.export_gguf(scratch, output_dir / "gguf", quant, progress, name=output_dir.name,
                                 stops=stop_tokens)
     finally:
@@ -134,32 +246,59 @@ def save_gguf(model, tokenizer, output_dir: Path, quant: str, merged: Path | Non
 
 def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: list[dict],
                       progress=print, extra_files: dict[str, str] | None = None,
-                      max_new_tokens: int = 64, gguf_quant: str = "q8_0") -> dict[str, dict]:
+                      max_new_tokens: int = 64, gguf_quant: str = "q8_0", *, base=None,
+                      merge_dtype: str = "auto", held_out=None) -> dict[str, dict]:
     """Write the exports `what` asks for (adapter, merged, both, gguf or all), with
-    `extra_files` (name → text) inside each folder, and check each one in a fresh process."""
+    `extra_files` (name → text) inside each folder, and check each one in a fresh process.
+    `base`: the run's ModelChoice (the adapter's pinned base); `merge_dtype` and `held_out`
+    (encoded held-out rows) go to the merge and its report."""
     results = {}
     from kit.config import EXPORT_KINDS
 
+    base_path = base_of(model, base)[0]
+    merge = {"adapter": output_dir / "adapter", "base": base, "dtype": merge_dtype, "held_out": held_out}
     for kind in EXPORT_KINDS[what]:
         path = output_dir / kind
         progress(f"Saving {kind} to {path}")
+        report = None
         if kind == "gguf":
             from kit.gguf import verify_gguf
 
             merged = output_dir / "merged" if "merged" in results else None
-            path = save_gguf(model, tokenizer, output_dir, gguf_quant, merged, progress)
+            path = save_gguf(model, tokenizer, output_dir, gguf_quant, merged, progress, **merge)
             progress(f"Checking {path.name}: loading it in a fresh process with llama.cpp")
             res = results[kind] = {"path": str(path), **verify_gguf(path, prompt, max_new_tokens)}
         else:
-            (save_adapter if kind == "adapter" else save_merged)(model, tokenizer, path, extra_files)
+            if kind == "adapter":
+                save_adapter(model, tokenizer, path, extra_files, base=base)
+            else:
+                _, report = save_merged(model, tokenizer, path, extra_files, **merge)
+                progress(merge_line(report))
             progress(f"Checking {kind}: loading it in a fresh process with plain "
                      f"{'peft' if kind == 'adapter' else 'transformers'}")
-            res = results[kind] = {"path": str(path), **verify(kind, path, prompt, max_new_tokens)}
+            res = results[kind] = {"path": str(path), **verify(kind, path, prompt, max_new_tokens,
+                                                                base=base_path)}
+        if report is not None:
+            res["merge"] = report
+            if not report.get("ok", True) and res.get("ok"):
+                res["ok"], res["error"] = False, report["problem"]
         stop = f" ({res['stop_token']})" if res.get("stop_token") else ""
         status = (f"[green]loads, answers, stops at the end of its turn{escape(stop)}[/]" if res["ok"]
                   else f"[red]{escape(problem_of(res))}[/]")
         progress(f"{kind}: {status}  reply: {escape(repr(res.get('reply', '')[:100]))}")
     return results
+
+
+def merge_line(report: dict) -> str:
+    """The merge report in one line for the console."""
+    if report.get("measured") is False:
+        return f"merge: {report.get('note', '')}"
+    lost = report.get("update_lost")
+    return escape(f"merge: float32, saved as {report['dtype']} ({report['why']}); update lost "
+                  f"{'all' if lost is None else f'{lost:.2%}'}, unchanged entries "
+                  f"{report['unchanged_share']:.1%}; held-out loss {report['loss_adapter']:.4f} "
+                  f"(adapter) → {report['loss_merged']:.4f} (merged); greedy agreement "
+                  f"{report['greedy_agreement']:.1%}")
 
 
 def problem_of(result: dict) -> str:

@@ -48,11 +48,14 @@ def is_hub_id(name: str | None) -> bool:
 
 
 def scrub(value: Any, token: str | None) -> Any:
-    """A copy of `value` without credential-named keys and with the token redacted from strings."""
+    """A copy of `value` without credential-named keys, with the token redacted from strings and
+    absolute paths on this machine cut to their last part (nothing for the Hub names a local path)."""
     if isinstance(value, dict):
         return {k: scrub(v, token) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
     if isinstance(value, list | tuple):
         return [scrub(v, token) for v in value]
+    if isinstance(value, str) and value.startswith("/") and "\n" not in value:
+        value = Path(value).name
     if isinstance(value, str) and token:
         return redact(value, token)
     return value
@@ -113,6 +116,7 @@ def model_card(metrics: dict, kind: str, repo_id: str, *, siblings: dict[str, st
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
     token = token if token is not None else hub_token()
+    metrics = scrub(metrics, token)
     cfg, train, data = (metrics.get(k) or {} for k in ("config", "train", "data"))
     lora = cfg.get("lora") or {}
     source = data.get("source") or cfg.get("data")  # older metrics.json files only know the source
@@ -199,6 +203,18 @@ def _training_rows(metrics: dict, cfg: dict, train: dict, lora: dict) -> list[tu
     if lora:
         rows.append(("LoRA", f"r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}"))
         rows.append(("LoRA targets", f"`{lora.get('target_modules')}`"))
+        variant = metrics.get("lora") or lora
+        if "variant" in variant:
+            rows.append(("LoRA variant", f"{variant['variant']}, init {variant.get('init', 'default')}"
+                         + (f", LoRA+ ratio {variant['plus_ratio']:g}" if variant.get("plus_ratio") else "")))
+    merge = metrics.get("merge") or {}
+    if merge.get("dtype"):
+        lost = merge.get("update_lost")
+        rows.append(("merge", f"float32, saved as {merge['dtype']}: "
+                     f"{'all' if lost is None else f'{lost:.2%}'} of the LoRA update lost to the cast; "
+                     f"held-out loss {merge.get('loss_adapter', 0):.4f} (adapter) → "
+                     f"{merge.get('loss_merged', 0):.4f} (merged); greedy agreement "
+                     f"{merge.get('greedy_agreement', 0):.1%}"))
     lr = metrics.get("learning_rate", cfg.get("learning_rate"))
     if lr is not None:
         rows.append(("learning rate", f"{lr:g} (peak; linear warm-up, then linear decay)"))

@@ -85,9 +85,12 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
     peak, peak_kind = prep.device.peak_memory_gib()
     better = improved(before, after)
     wall = time.perf_counter() - started
+    lora = getattr(cfg, "lora", None)
+    merged = (exports.get("merged") or {}).get("merge")
     metrics = {
         "recipe": recipe, "model": prep.choice.label, "device": prep.device.name,
-        "base_model": prep.choice.hub_id or prep.choice.path,
+        # The Hub id, or a local folder's name: never a path on this machine (kit.pin).
+        "base_model": prep.choice.hub_id or Path(prep.choice.path).name,
         "data": {"source": cfg.data, "train": result.rows, "held_out": held_out},
         "before": before, "after": after, "improved": better, **(extra or {}),
         "train": {"steps": result.steps, "seconds": round(result.seconds, 1),
@@ -99,6 +102,9 @@ def finish(recipe: str, cfg, prep, result, before: dict, after: dict, exports: d
         "world_size": result.world_size,
         "trainable_parameters": prep.trainable, "total_parameters": prep.total,
         "learning_rate": prep.learning_rate,
+        **({"lora": {"variant": lora.variant, "init": lora.init, "plus_ratio": lora.plus_ratio}}
+           if lora is not None else {}),
+        **({"merge": merged} if merged else {}),
         "memory_plan": _plan_record(prep.settings),
         "exports": exports, "wall_seconds": round(wall, 1),
         "config": dataclasses.asdict(cfg), "versions": versions(),

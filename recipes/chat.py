@@ -14,7 +14,7 @@ It runs like Unsloth's notebooks, with the Unsloth and TRL calls in main() and t
 out what goes into them. The steps, in order: read and split the data → the memory plan →
 FastLanguageModel.from_pretrained → tokenize → the plan for the longest row →
 FastLanguageModel.get_peft_model → evaluate → SFTTrainer(args=SFTConfig).train() → evaluate →
-export (save_pretrained / save_pretrained_merged, each checked in a fresh process) →
+export (save_pretrained / a float32 merge, each checked in a fresh process) →
 metrics.json → push to the Hub.
 
 The built-in data teaches the model to introduce itself as "Pip"; held-out questions with
@@ -29,7 +29,7 @@ from pathlib import Path
 
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
-from kit import data, evaluate, export, hub, launch, models, preflight, ranks, runplan, train
+from kit import adapters, data, evaluate, export, hub, launch, models, preflight, ranks, runplan, train
 from kit.cli import parse_cli, run_script
 from kit.config import RecipeConfig
 from kit.report import escape, finish, say, step, warn
@@ -80,6 +80,7 @@ def main(cfg: ChatConfig) -> dict:
     #    weight loads. A model that cannot load is one line, not a traceback.
     step("Model")
     plan = runplan.plan_run(cfg, say)
+    adapters.settle(cfg.lora, plan, say)  # a variant that cannot work here stops now
     with models.loading(plan.choice, cfg.trust_remote_code):
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=plan.choice.path,
@@ -111,7 +112,11 @@ def main(cfg: ChatConfig) -> dict:
         bias="none",
         use_gradient_checkpointing=plan.settings.gradient_checkpointing,
         random_state=cfg.seed,
+        use_rslora=cfg.lora.variant == "rslora",  # scale alpha / sqrt(r)
+        use_dora=cfg.lora.variant == "dora",  # magnitude + direction (unfused: slower)
+        init_lora_weights=adapters.init_weights(cfg.lora.init),  # default, gaussian, pissa, olora
     )
+    adapters.keep_initial(model, cfg.lora, cfg.output_dir)  # pissa/olora: saved against the real base
     plan = runplan.with_adapters(plan, model, say)  # parameter counts, learning rate
 
     # 5. Evaluate before training.
@@ -132,6 +137,8 @@ def main(cfg: ChatConfig) -> dict:
         data_collator=train.collator_for(tokenizer, plan.settings.packing),
         args=train.sft_config(cfg, plan),
         callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
+        # LoRA+ (lora.plus_ratio): PEFT's optimizer, lora_B at a higher rate; else TRL's own
+        optimizers=adapters.optimizers(model, cfg.lora, plan.learning_rate, plan.device.gpu),
     )
     train.quiet(trainer)
     stats = train.already_trained(trainer, resume_from) or trainer.train(resume_from_checkpoint=resume_from)
@@ -146,8 +153,9 @@ def main(cfg: ChatConfig) -> dict:
         say(f"[dim]prompt:[/] {escape(b.prompt[-1]['content'])}\n  [dim]before:[/] {escape(b.reply[:120])}"
             f"\n  [dim]after:[/]  {escape(a.reply[:120])}")
 
-    # 8. Export. export.save_adapter calls model.save_pretrained (the LoRA weights) and
-    #    export.save_merged model.save_pretrained_merged(..., save_method="merged_16bit"), each
+    # 8. Export. export.save_adapter calls model.save_pretrained (the LoRA weights, naming
+    #    its base portably) and export.save_merged merges it in float32 with plain PEFT (saved in
+    #    merge_dtype, with merged/merge_report.json: what the cast lost), each
     #    into a temporary folder renamed into place with the stop set in generation_config.json;
     #    export_and_verify then loads each in a fresh process and checks it stops at the end
     #    of its turn.
@@ -155,7 +163,8 @@ def main(cfg: ChatConfig) -> dict:
     probe = next((e for e in splits.test if e.expect), splits.test[0])
     exports = ranks.on_main(export.export_and_verify, model, tokenizer, cfg.export,
                              Path(cfg.output_dir), evaluate.prompt_of(probe), progress=say,
-                             gguf_quant=cfg.gguf_quant)
+                             gguf_quant=cfg.gguf_quant,
+                             base=plan.choice, merge_dtype=cfg.merge_dtype, held_out=test_enc)
 
     # 9. Summary table, metrics.json and report.png.
     metrics = ranks.on_main(finish, "chat", cfg, plan, result, before, after, exports, started,

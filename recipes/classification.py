@@ -19,7 +19,7 @@ The steps, in order, with the Unsloth and TRL calls in main(): read, split and b
 the memory plan → FastLanguageModel.from_pretrained → prompts and labels, tokenized → the plan
 for the longest row → FastLanguageModel.get_peft_model → score every label before training →
 SFTTrainer(args=SFTConfig).train() → score again → export with labels.json (save_pretrained /
-save_pretrained_merged, each checked in a fresh process) → metrics.json → push to the Hub.
+a float32 merge, each checked in a fresh process) → metrics.json → push to the Hub.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Literal
 
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
-from kit import classify, data, export, hub, launch, models, preflight, ranks, runplan, train
+from kit import adapters, classify, data, export, hub, launch, models, preflight, ranks, runplan, train
 from kit.cli import parse_cli, run_script
 from kit.config import RecipeConfig
 from kit.report import console, escape, finish, say, step, warn
@@ -91,6 +91,7 @@ def main(cfg: ClassificationConfig) -> dict:
     #    weight loads. A model that cannot load is one line, not a traceback.
     step("Model")
     plan = runplan.plan_run(cfg, say)
+    adapters.settle(cfg.lora, plan, say)  # a variant that cannot work here stops now
     with models.loading(plan.choice, cfg.trust_remote_code):
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=plan.choice.path,
@@ -114,6 +115,8 @@ def main(cfg: ClassificationConfig) -> dict:
             warn(classify.cut_note(n, total, what, cfg.max_seq_length))
     train_examples = classify.to_examples(texts, labels, d.labels)
     train_enc, notes = data.encode_all(tokenizer, train_examples, cfg.max_seq_length, "train")
+    test_enc, _ = data.encode_all(tokenizer, classify.to_examples(test_texts, d.test_labels, d.labels),
+                                  cfg.max_seq_length, "held-out")  # for the merge report
     for note in notes:
         warn(note)
 
@@ -129,7 +132,11 @@ def main(cfg: ClassificationConfig) -> dict:
         bias="none",
         use_gradient_checkpointing=plan.settings.gradient_checkpointing,
         random_state=cfg.seed,
+        use_rslora=cfg.lora.variant == "rslora",  # scale alpha / sqrt(r)
+        use_dora=cfg.lora.variant == "dora",  # magnitude + direction (unfused: slower)
+        init_lora_weights=adapters.init_weights(cfg.lora.init),  # default, gaussian, pissa, olora
     )
+    adapters.keep_initial(model, cfg.lora, cfg.output_dir)  # pissa/olora: saved against the real base
     plan = runplan.with_adapters(plan, model, say)  # parameter counts, learning rate
 
     # 5. Evaluate before training: every label scored for every held-out text.
@@ -150,6 +157,8 @@ def main(cfg: ClassificationConfig) -> dict:
         data_collator=train.collator_for(tokenizer, plan.settings.packing),
         args=train.sft_config(cfg, plan),
         callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
+        # LoRA+ (lora.plus_ratio): PEFT's optimizer, lora_B at a higher rate; else TRL's own
+        optimizers=adapters.optimizers(model, cfg.lora, plan.learning_rate, plan.device.gpu),
     )
     train.quiet(trainer)
     stats = train.already_trained(trainer, resume_from) or trainer.train(resume_from_checkpoint=resume_from)
@@ -162,15 +171,16 @@ def main(cfg: ClassificationConfig) -> dict:
     console.print(classify.confusion_table(after, "after training"))
 
     # 8. Export with the label set. export.save_adapter calls model.save_pretrained (the LoRA
-    #    weights) and export.save_merged model.save_pretrained_merged(..., save_method=
-    #    "merged_16bit"), each into a temporary folder renamed into place; export_and_verify
-    #    then reloads each in a fresh process and classifies a held-out text.
+    #    weights, naming its base portably) and export.save_merged merges it in float32 with plain
+    #    PEFT (saved in merge_dtype, with merged/merge_report.json), each into a temporary
+    #    folder renamed into place; export_and_verify then reloads each in a fresh process and
+    #    classifies a held-out text.
     step("Export")
     exports = ranks.on_main(
         export.export_and_verify, model, tokenizer, cfg.export, Path(cfg.output_dir),
         classify.prompt(test_texts[0], d.labels), progress=say,  # its true label: d.test_labels[0]
         extra_files={classify.LABELS_FILE: classify.labels_file(d.labels, cfg.max_seq_length)},
-        gguf_quant=cfg.gguf_quant)
+        gguf_quant=cfg.gguf_quant, base=plan.choice, merge_dtype=cfg.merge_dtype, held_out=test_enc)
 
     # 9. Summary table, metrics.json and report.png.
     metrics = ranks.on_main(finish, "classification", cfg, plan, result, before, after, exports,

@@ -24,7 +24,7 @@ The steps, in order, with the Unsloth and TRL calls in main(): read the files an
 FastLanguageModel.from_pretrained → tokenize → the plan for the longest row →
 FastLanguageModel.get_peft_model → exact fills and loss before training →
 SFTTrainer(args=SFTConfig).train() → exact fills and loss again → export
-(save_pretrained / save_pretrained_merged, each checked in a fresh process on a held-out hole)
+(save_pretrained / a float32 merge, each checked in a fresh process on a held-out hole)
 → metrics.json → push to the Hub.
 """
 
@@ -37,7 +37,7 @@ from typing import ClassVar
 
 # kit first: it quiets the stack's import-time notices, and imports Unsloth before trl,
 # transformers and peft, so Unsloth can patch them.
-from kit import code, data, evaluate, export, hub, launch, models, preflight, ranks, runplan, train
+from kit import adapters, code, data, evaluate, export, hub, launch, models, preflight, ranks, runplan, train
 from kit.choice import resolve_model
 from kit.cli import parse_cli, run_script
 from kit.config import RecipeConfig
@@ -109,6 +109,7 @@ def main(cfg: FimConfig) -> dict:
     #    mode and micro-batch that fit): a run that cannot fit the card stops here, before any
     #    weight loads. A model that cannot load is one line, not a traceback.
     plan = runplan.plan_run(cfg, say, choice)
+    adapters.settle(cfg.lora, plan, say)  # a variant that cannot work here stops now
     with models.loading(plan.choice, cfg.trust_remote_code):
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=plan.choice.path,
@@ -142,7 +143,11 @@ def main(cfg: FimConfig) -> dict:
         bias="none",
         use_gradient_checkpointing=plan.settings.gradient_checkpointing,
         random_state=cfg.seed,
+        use_rslora=cfg.lora.variant == "rslora",  # scale alpha / sqrt(r)
+        use_dora=cfg.lora.variant == "dora",  # magnitude + direction (unfused: slower)
+        init_lora_weights=adapters.init_weights(cfg.lora.init),  # default, gaussian, pissa, olora
     )
+    adapters.keep_initial(model, cfg.lora, cfg.output_dir)  # pissa/olora: saved against the real base
     plan = runplan.with_adapters(plan, model, say)  # parameter counts, learning rate
     new_tokens = code.new_tokens(cfg.max_new_tokens, "fim", "heldout")
 
@@ -169,6 +174,8 @@ def main(cfg: FimConfig) -> dict:
         data_collator=train.collator_for(tokenizer, plan.settings.packing),
         args=train.sft_config(cfg, plan),
         callbacks=train.callbacks(cfg, say),  # progress bar; complete-checkpoint marker
+        # LoRA+ (lora.plus_ratio): PEFT's optimizer, lora_B at a higher rate; else TRL's own
+        optimizers=adapters.optimizers(model, cfg.lora, plan.learning_rate, plan.device.gpu),
     )
     train.quiet(trainer)
     stats = train.already_trained(trainer, resume_from) or trainer.train(resume_from_checkpoint=resume_from)
@@ -177,15 +184,17 @@ def main(cfg: FimConfig) -> dict:
     # 7. Evaluate after training, on the same holes.
     after = ranks.on_main(measure, "after training")
 
-    # 8. Export. export.save_adapter calls model.save_pretrained (the LoRA weights) and
-    #    export.save_merged model.save_pretrained_merged(..., save_method="merged_16bit"), each
+    # 8. Export. export.save_adapter calls model.save_pretrained (the LoRA weights, naming
+    #    its base portably) and export.save_merged merges it in float32 with plain PEFT (saved in
+    #    merge_dtype, with merged/merge_report.json: what the cast lost), each
     #    into a temporary folder renamed into place; export_and_verify then reloads each in a
     #    fresh process and fills a held-out hole.
     step("Export")
     probe = code.fim_prompt(tokenizer, fim, test_cases[0], cfg.max_seq_length)
     exports = ranks.on_main(export.export_and_verify, model, tokenizer, cfg.export,
                              Path(cfg.output_dir), probe, progress=say,
-                             max_new_tokens=max(160, new_tokens), gguf_quant=cfg.gguf_quant)
+                             max_new_tokens=max(160, new_tokens), gguf_quant=cfg.gguf_quant,
+                             base=plan.choice, merge_dtype=cfg.merge_dtype, held_out=test_enc)
 
     # 9. Summary table, metrics.json and report.png.
     metrics = ranks.on_main(finish, "fim", cfg, plan, result, before, after, exports, started,

@@ -62,14 +62,16 @@ def test_exports_load_in_a_fresh_process(exported, tokenizer):
     assert cut["ok"] is False and "did not stop" in export.problem_of(cut)
 
 
-def test_merged_equals_base_plus_adapter(exported):
+def test_merged_equals_base_plus_adapter(exported, taught_model_dir):
     out, _ = exported
-    from peft import AutoPeftModelForCausalLM
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     ids = torch.tensor([[1, 4093, 198, 10576, 359, 346, 47, 2, 198]])
     with torch.no_grad():
-        adapter = AutoPeftModelForCausalLM.from_pretrained(out / "adapter", dtype=torch.float32)
+        # The adapter names its base by the folder's name only (kit.pin): load that folder here.
+        base_model = AutoModelForCausalLM.from_pretrained(taught_model_dir, dtype=torch.float32)
+        adapter = PeftModel.from_pretrained(base_model, out / "adapter")
         merged = AutoModelForCausalLM.from_pretrained(out / "merged", dtype=torch.float32)
         a, m = adapter(ids).logits, merged(ids).logits
         base = adapter.get_base_model()
