@@ -274,6 +274,13 @@ def recipe_phase(a, gpu: bool, record: dict, save) -> None:
         save()
 
 
+# The held-out number each recipe must move in the right direction (True: up) to count as
+# trained: its loss where it has one; classification's probability of the true label (its
+# accuracy moves in steps too coarse for a few training steps).
+HELD_OUT = {"chat": ("loss", False), "code": ("loss", False), "fim": ("loss", False),
+            "classification": ("mean_true_label_probability", True)}
+
+
 def sandbox_words(record: dict) -> list[str]:
     """The code recipe's sandbox: strict where this machine has user namespaces, else the
     fallback, said in the record (a container without them is common on GPU hosts)."""
@@ -299,9 +306,12 @@ def summarize(name: str, code, seconds: float, out: Path, log: str, gpu: bool) -
              loss_first=train.get("loss_first"), loss_last=train.get("loss_last"),
              tokens_per_second=train.get("tokens_per_second"), peak_memory_gib=train.get("peak_memory_gib"),
              optimizer="adamw_8bit" if gpu else "adamw_torch")
+    key, up = HELD_OUT[name]
+    before, after = (m.get(k) or {} for k in ("before", "after"))
+    moved = (after.get(key, 0) > before.get(key, 0)) if up else (after.get(key, 1e9) < before.get(key, 0))
     checks = {"exit 0": code == 0,
               "exports checked": bool(exports) and all(v is True for v in exports.values()),
-              "training loss fell": (train.get("loss_last") or 1e9) < (train.get("loss_first") or 0)}
+              f"held-out {key} {'rose' if up else 'fell'}": moved}
     if gpu:
         checks["4-bit"] = bool(plan_rec.get("load_in_4bit"))
         checks["on the GPU"] = "cpu" not in str(m.get("device", "cpu")).lower()

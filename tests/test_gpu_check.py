@@ -39,8 +39,8 @@ def test_gpu_check_runs_on_cpu_in_reduced_form(tmp_path):
         r = record["recipes"][name]
         assert r["ok"] and r["exit"] == 0, (name, r)
         assert r["exports"] == {"adapter": True, "merged": True}, (name, r["exports"])
-        assert r["steps"] == 3 and r["loss_last"] < r["loss_first"]
-        assert r["before"] and r["after"]
+        assert r["steps"] == 3 and r["before"] and r["after"]
+        assert all(r["checks"].values()), (name, r["checks"])  # the held-out number moved the right way
     # fim's export must fill a hole and stop, which a model taught for seconds cannot: on CPU the
     # script says so instead of running it (tests/test_recipes.py runs the fim recipe on CPU).
     assert "cannot fill a hole" in record["recipes"]["fim"]["skipped"]
