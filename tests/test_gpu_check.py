@@ -1,6 +1,6 @@
 """`make gpu-check` on CPU: the same script as on a GPU, on tiny shapes, so it cannot rot between
-GPU runs. It must measure both stacks in every batching, run each recipe end to end with both
-exports checked, and write its JSON and markdown."""
+GPU runs. It must measure both stacks in every batching, run the chat recipe end to end with both
+exports checked and its held-out loss down, and write its JSON and markdown."""
 
 import json
 import os
@@ -35,20 +35,19 @@ def test_gpu_check_runs_on_cpu_in_reduced_form(tmp_path):
         assert r["unsloth_imported"] is (r["stack"] == "kit")  # the baseline never sees unsloth
     assert runs["kit", "chat", "packed"]["rows_per_bin"] > 1  # several chat rows share a bin
 
-    for name in ("chat", "classification", "code"):
-        r = record["recipes"][name]
-        assert r["ok"] and r["exit"] == 0, (name, r)
-        assert r["exports"] == {"adapter": True, "merged": True}, (name, r["exports"])
-        assert r["steps"] == 3 and r["before"] and r["after"]
-        assert all(r["checks"].values()), (name, r["checks"])  # the held-out number moved the right way
-    # fim's export must fill a hole and stop, which a model taught for seconds cannot: on CPU the
-    # script says so instead of running it (tests/test_recipes.py runs the fim recipe on CPU).
-    assert "cannot fill a hole" in record["recipes"]["fim"]["skipped"]
+    r = record["recipes"]["chat"]
+    assert r["ok"] and r["exit"] == 0, r
+    assert r["exports"] == {"adapter": True, "merged": True}, r["exports"]
+    assert r["steps"] == 3 and r["before"] and r["after"]
+    assert all(r["checks"].values()), r["checks"]  # the held-out loss fell
+    # The CPU form keeps the suite short: one recipe (tests/test_recipes.py runs each on CPU).
+    for name in ("classification", "code", "fim"):
+        assert "chat recipe only" in record["recipes"][name]["skipped"]
     assert record["recipes"]["model"]["loss_last"] < record["recipes"]["model"]["loss_first"]
 
     table = md.read_text()
     assert "| kit | off | 2 × 1 | chat | packed |" in table
-    assert "| code | yes |" in table and "| fim | skipped on CPU" in table and "all ok: True" in table
+    assert "| chat | yes |" in table and "| fim | skipped on CPU" in table and "all ok: True" in table
 
 
 def test_gpu_check_without_the_stack_says_what_to_do(tmp_path):
