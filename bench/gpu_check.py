@@ -3,7 +3,7 @@
     make gpu-check    # a GPU: sized for 7 minutes on an H100/H200; writes outputs/gpu-check.{json,md}
     make gpu-check    # no GPU: the same script on tiny shapes, the chat recipe only (the tests)
 
-Two phases, each step its own process (importing unsloth patches transformers; the plain
+Three phases, each step its own process (importing unsloth patches transformers; the plain
 baseline must never see it), nothing downloaded:
 
 1. Speed. The benchmark's model (bench/bench.py: Llama-3.1-8B shapes on a GPU, random weights)
@@ -21,6 +21,15 @@ baseline must never see it), nothing downloaded:
    recipes run as users run them: 4-bit loading, Unsloth's kernels, gradient checkpointing,
    8-bit AdamW; before/after metrics, and both exports (adapter, merged) checked in a fresh
    process by the recipe itself.
+
+3. Several adapters on one base (kit.multi). The small model (4-bit NF4 on a GPU) with two
+   freshly initialised, non-zero LoRA adapters, in plain transformers + PEFT (no Unsloth): one
+   mixed batch (the same prompts with adapter one, adapter two and none, PEFT's
+   `adapter_names`) against each row generated alone with its own adapter, 16 greedy tokens.
+   Criterion: on CPU (fp32) every row's tokens equal its run alone; on a GPU (bf16 compute,
+   where batch shape may move a near-tie, docs/adapters.md) every row agrees with its own
+   adapter's run alone on a longer prefix than with any other adapter's, and at least half the
+   rows exactly. Always: the rows of one prompt with different adapters differ.
 
 The result: one JSON file with every number and one markdown table (`--md`), and exit code 1
 if any step failed. On a machine without network, `make gpu-bundle` (run beforehand where the
@@ -328,6 +337,71 @@ def _tail(text: str, n: int = 4) -> str:
     return " / ".join(lines[-n:])[-600:] or "no output"
 
 
+def multi_check(work: Path) -> dict:
+    """Child: two non-zero adapters on the small model (4-bit on a GPU), one mixed batch against
+    each row alone (the criterion in the module docstring)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kit import pin
+    from kit.multi import Multi
+
+    base, gpu = work / "small", torch.cuda.is_available()
+    m = Multi(str(base), load_in_4bit=gpu)
+    for seed, name in ((1, "one"), (2, "two")):
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                               LoraConfig(r=8, lora_alpha=128, target_modules="all-linear",
+                                          init_lora_weights=False))  # A and B random, scale 16: an update
+        # large enough to move even the CPU form's barely taught model off its greedy tokens
+        folder = work / "multi" / name
+        model.save_pretrained(folder)
+        (folder / pin.FILE).write_text(json.dumps(pin.record(str(base))))
+        m.add(name, folder)
+    names = ("one", "two", None)
+    prompts = [[{"role": "user", "content": q}] for q in
+               ("Who are you?", "Write a Python function that adds two numbers.")]
+    rows = [(i, n) for i in range(len(prompts)) for n in names]
+    mixed = m.generate_batch([prompts[i] for i, _ in rows], [n for _, n in rows], max_new_tokens=16)
+    alone = {(i, n): m.generate(prompts[i], n, max_new_tokens=16).tokens for i, n in rows}
+
+    def prefix(a, b):
+        return next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+    exact = sum(r.tokens == alone[key] for key, r in zip(rows, mixed))
+    closest = all(prefix(r.tokens, alone[(i, n)])
+                  > max(prefix(r.tokens, alone[(i, o)]) for o in names if o != n)
+                  for (i, n), r in zip(rows, mixed))
+    differ = all(len({tuple(r.tokens) for (i, _), r in zip(rows, mixed) if i == p}) == len(names)
+                 for p in range(len(prompts)))
+    ok = differ and (closest and exact * 2 >= len(rows) if gpu else exact == len(rows))
+    return {"rows": len(rows), "exact_rows": exact, "own_adapter_closest": closest, "rows_differ": differ,
+            "load_in_4bit": bool(getattr(m.model, "is_loaded_in_4bit", False)),
+            "unsloth_imported": "unsloth" in sys.modules, "ok": bool(ok),
+            "criterion": "bf16 on a GPU: each row closest to its own adapter alone, half exact"
+                         if gpu else "fp32 on CPU: every row exactly as alone"}
+
+
+def multi_phase(a, gpu: bool, record: dict, save) -> None:
+    work = Path(a.work)
+    if not (work / "small" / "config.json").exists():
+        record["multi"] = {"ok": False, "error": "no small model: run the recipes phase first"}
+        return
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "multi-child", "--work", str(work)],
+                              capture_output=True, text=True, env=env(), timeout=a.timeout)
+    except subprocess.TimeoutExpired:
+        record["multi"] = {"ok": False, "error": f"over {a.timeout:.0f} s"}
+        return
+    got = [ln for ln in proc.stdout.splitlines() if ln.startswith("MULTI ")]
+    record["multi"] = (json.loads(got[-1][len("MULTI "):]) if got and not proc.returncode
+                       else {"ok": False, "error": _tail(proc.stderr)})
+    record["multi"]["wall_s"] = round(time.perf_counter() - t, 1)
+    save()
+
+
 # ---------------------------------------------------------------- the report
 
 
@@ -375,6 +449,13 @@ def markdown(record: dict) -> str:
                          f"{_num(r.get('loss_first'))} → {_num(r.get('loss_last'))} | "
                          f"{', '.join(k for k, v in (r.get('exports') or {}).items() if v is True) or '-'} | "
                          f"{r['wall_s']} |")
+    if record.get("multi"):
+        mu = record["multi"]
+        lines += ["", "## Several adapters on one base (kit.multi, mixed batch vs each row alone)", "",
+                  (f"ok: {mu['ok']}; {mu['exact_rows']}/{mu['rows']} rows exactly as alone; own adapter "
+                   f"closest: {mu['own_adapter_closest']}; rows of different adapters differ: "
+                   f"{mu['rows_differ']}; 4-bit: {mu['load_in_4bit']}; criterion: {mu['criterion']}")
+                  if "rows" in mu else f"ok: False: {mu.get('error')}"]
     lines += ["", f"all ok: {record['ok']}; {record['wall_s']} s in all"]
     return "\n".join(lines) + "\n"
 
@@ -398,7 +479,8 @@ def versions() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", nargs="?", default="all", choices=("all", "speed", "recipes", "make-small"))
+    ap.add_argument("what", nargs="?", default="all",
+                    choices=("all", "speed", "recipes", "multi", "make-small", "multi-child"))
     ap.add_argument("--work", default="/tmp/kit-gpu-check", help="models and recipe outputs (big on a GPU)")
     ap.add_argument("--out", default=str(ROOT / "outputs" / "gpu-check.json"))
     ap.add_argument("--md", default=str(ROOT / "outputs" / "gpu-check.md"))
@@ -413,6 +495,9 @@ def main() -> int:
     os.environ.update(env())  # every child: the checkout importable, nothing fetched
     if a.what == "make-small":
         print("SMALL " + json.dumps(make_small(work, tokenizer_dir(work), a.teach_steps)))
+        return 0
+    if a.what == "multi-child":
+        print("MULTI " + json.dumps(multi_check(work)))
         return 0
     import torch
 
@@ -436,9 +521,12 @@ def main() -> int:
         speed_phase(a, gpu, record, save)
     if a.what in ("all", "recipes"):
         recipe_phase(a, gpu, record, save)
-    speed_ok = a.what == "recipes" or all(r.get("tokens_per_s") for r in record["speed"]["runs"])
-    recipes_ok = a.what == "speed" or all(record["recipes"].get(n, {}).get("ok") for n in RECIPES)
-    record["ok"] = bool(speed_ok and recipes_ok)
+    if a.what in ("all", "multi"):
+        multi_phase(a, gpu, record, save)
+    speed_ok = a.what in ("recipes", "multi") or all(r.get("tokens_per_s") for r in record["speed"]["runs"])
+    recipes_ok = a.what in ("speed", "multi") or all(record["recipes"].get(n, {}).get("ok") for n in RECIPES)
+    multi_ok = a.what in ("speed", "recipes") or bool(record.get("multi", {}).get("ok"))
+    record["ok"] = bool(speed_ok and recipes_ok and multi_ok)
     save()
     print(md.read_text())
     print(f"gpu-check: wrote {out} and {md}")

@@ -126,3 +126,35 @@ def settle(lora, run, say=print) -> None:
 
 # Measured on the embedded SmolLM2-135M (docs/adapters.md): DoRA runs unfused in Unsloth.
 DORA_COST = "DoRA runs unfused: about 1.8x the time per step of plain LoRA, ~9% more peak memory"
+
+
+# ---------------------------------------------------------------- adapter=: start from a saved adapter
+
+
+def start_folder(path: str) -> Path | None:
+    """`adapter=`: a PEFT adapter folder to start from, checked before anything loads (None: no
+    adapter given)."""
+    import json
+
+    if not path:
+        return None
+    folder = Path(path).expanduser()
+    if not (folder / "adapter_config.json").is_file():
+        fail(f"adapter={path}: no adapter_config.json there; pass the adapter folder a recipe wrote "
+             "(e.g. outputs/chat/adapter)")
+    try:
+        json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError) as exc:
+        fail(f"adapter={path}: adapter_config.json cannot be read ({exc})")
+    return folder
+
+
+def start_from(path: str, choice) -> Path | None:
+    """The `adapter=` folder, once the model is chosen and before it loads: refused in one line
+    when it was trained on another base (kit.pin)."""
+    from kit import pin
+
+    folder = start_folder(path)
+    if folder is not None:
+        pin.check(folder, str(choice.path))
+    return folder

@@ -193,7 +193,7 @@ def _claim(cfg) -> str:
 OWN_FILES = ("metrics.json", "report.png", RUN_CONFIG)
 # An export folder is the kit's if it holds what the kit writes there.
 OWN_FOLDERS = {"adapter": ("adapter_config.json",), "merged": ("config.json",),
-               "gguf": ("Modelfile", "*.gguf")}
+               "gguf": ("Modelfile", "*.gguf"), "gguf-lora": ("Modelfile", "*.gguf")}
 # What transformers' Trainer writes into a checkpoint folder (with PEFT), and our marker.
 _TRAINER_FILES = re.compile(
     r"(adapter_model\.safetensors|adapter_model\.bin|adapter_config\.json|optimizer\.pt|scheduler\.pt|"

@@ -21,6 +21,12 @@ BINDING_QUANTS = {
     "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0",
 }
 QUANTS = (*CONVERT_QUANTS, *BINDING_QUANTS)
+# Why export=gguf-lora refuses lora.variant=dora (kit.config before the model loads, kit.gguf
+# for an adapter converted by hand).
+DORA_GGUF_LORA = ("export=gguf-lora with lora.variant=dora: a llama.cpp LoRA adapter holds only A, B "
+                  "and one alpha, with no place for DoRA's per-row magnitude, so llama.cpp would run "
+                  "a different model; use export=gguf (DoRA merged into the weights) or "
+                  "lora.variant=lora|rslora")
 
 # ---------------------------------------------------------------- the Hub (kit.hub)
 

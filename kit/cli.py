@@ -5,6 +5,7 @@ with `--help` and `--plan`, and a recipe run as a script or pasted whole into a 
     python -m kit chat --help                      # every key, its default and meaning
     python -m kit chat max_steps=100 lora.r=32     # a run
     python -m kit chat --plan gpu_memory_gib=15    # the memory plan only; no weights load
+    python -m kit serve pip=outputs/chat port=8000 # adapters behind an OpenAI-compatible API
 
 In a notebook, `kit.cli.main(["chat", "max_steps=100"])` does the same and returns the exit
 status instead of exiting. Importing this module loads no stage: torch and Unsloth come with
@@ -27,6 +28,8 @@ from kit.config import apply_overrides, describe
 from kit.errors import run_cli
 
 USAGE = "usage: python -m kit RECIPE [key=value ...] [--help | --plan]"
+# Commands beside the recipes: name → (module, one line); the module's `cli(words)` runs it.
+COMMANDS = {"serve": ("kit.serve", "several LoRA adapters on one base behind an OpenAI-compatible API")}
 # The programs that start a Jupyter kernel: Jupyter, VS Code and Kaggle use ipykernel's, Colab
 # its own. A kernel's sys.argv is theirs (`-f connection.json`), not words for a recipe.
 KERNEL_LAUNCHERS = ("ipykernel_launcher", "colab_kernel_launcher")
@@ -84,7 +87,9 @@ def listing() -> str:
     width = max(map(len, have), default=0)
     lines = [USAGE, "", "recipes:"]
     lines += [f"  {name:<{width}}  {summary(name)}" for name in have]
-    lines += ["", "`python -m kit RECIPE --help` lists a recipe's keys, their defaults and meanings."]
+    lines += ["", "commands:"] + [f"  {name:<{width}}  {line}" for name, (_, line) in COMMANDS.items()]
+    lines += ["", "`python -m kit RECIPE --help` lists a recipe's keys, their defaults and meanings;",
+              "`python -m kit serve --help` the server's words."]
     return "\n".join(lines)
 
 
@@ -95,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(listing())
         return 0
     name, words = argv[0], argv[1:]
+    if name in COMMANDS:
+        return run_cli(importlib.import_module(COMMANDS[name][0]).cli, words)
     if name not in names():
         print(f"error: no recipe {name!r}; have: {', '.join(names())}\n{USAGE}", file=sys.stderr)
         return 2

@@ -25,13 +25,19 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from kit.checks import QUANTS, check_repo
+from kit.checks import DORA_GGUF_LORA, QUANTS, check_repo
 from kit.errors import fail
 
-Export = Literal["adapter", "merged", "both", "gguf", "all"]
-# What each `export=` value writes, in order (a GGUF is converted from the merged model).
+Export = Literal["adapter", "merged", "both", "gguf", "gguf-lora", "all"]
+# What each `export=` value writes, in order (a GGUF is converted from the merged model; a GGUF
+# LoRA from the adapter, which its check compares it with). `all` leaves gguf-lora out: it
+# already writes a full-size GGUF of the merged model, a second one of the base would double
+# that, and DoRA runs (which `all` serves) cannot be a GGUF LoRA.
 EXPORT_KINDS = {"adapter": ("adapter",), "merged": ("merged",), "both": ("adapter", "merged"),
-                "gguf": ("gguf",), "all": ("adapter", "merged", "gguf")}
+                "gguf": ("gguf",), "gguf-lora": ("adapter", "gguf-lora"),
+                "all": ("adapter", "merged", "gguf")}
+# The export kinds written as GGUF (they need llama.cpp's tools and gguf_quant).
+GGUF_KINDS = ("gguf", "gguf-lora")
 REPORT_TO = ("none", "tensorboard", "wandb", "trackio")
 
 
@@ -84,10 +90,12 @@ class RecipeConfig:
     """Optimizer steps to train."""
     export: Export = "both"
     """What to write: `adapter` (PEFT), `merged` (16-bit, plain transformers), `both`, `gguf`
-    (for llama.cpp and Ollama, with a Modelfile) or `all` three."""
+    (the merged model for llama.cpp and Ollama, with a Modelfile), `gguf-lora` (the adapter and
+    a GGUF LoRA of it beside the base as GGUF, Modelfile with ADAPTER; not for DoRA) or `all`
+    (adapter, merged, gguf)."""
     gguf_quant: str = "q8_0"
-    """GGUF type for export=gguf/all: q8_0, f16, bf16 (converter only), or q4_k_m, q5_k_m, q6_k,
-    q4_0 (quantized with llama.cpp)."""
+    """GGUF type for export=gguf/all (the merged model) and export=gguf-lora (the base): q8_0,
+    f16, bf16 (converter only), or q4_k_m, q5_k_m, q6_k, q4_0 (quantized with llama.cpp)."""
     max_seq_length: int = 512
     """Longest sequence in tokens; longer examples are truncated (with a warning)."""
     batch_size: int = 4
@@ -363,7 +371,7 @@ def validate(cfg: Any) -> None:
             fail(f"{key}={value!r} is out of range: expected {expected}")
     if getattr(cfg, "micro_batch_size", 0) and cfg.batch_size % cfg.micro_batch_size:
         fail(f"batch_size={cfg.batch_size} is not a multiple of micro_batch_size={cfg.micro_batch_size}")
-    if "gguf" in EXPORT_KINDS.get(getattr(cfg, "export", ""), ()):
+    if set(GGUF_KINDS) & set(EXPORT_KINDS.get(getattr(cfg, "export", ""), ())):
         if cfg.gguf_quant not in QUANTS:
             fail(f"gguf_quant={cfg.gguf_quant!r}: expected one of {', '.join(QUANTS)}")
     if getattr(cfg, "push", ""):
@@ -394,6 +402,8 @@ def _check_lora(cfg: Any) -> None:
     if lora.init in ("pissa", "olora") and getattr(cfg, "load_in_4bit", None) is True:
         fail(f"lora.init={lora.init} moves part of each base weight into the adapter and needs a "
              "16-bit base: pass load_in_4bit=false (or lora.init=default)")
+    if lora.variant == "dora" and "gguf-lora" in EXPORT_KINDS.get(getattr(cfg, "export", ""), ()):
+        fail(DORA_GGUF_LORA)
     if lora.init in ("pissa", "olora") and lora.variant == "dora":
         fail(f"lora.init={lora.init} with lora.variant=dora: PEFT cannot convert a DoRA adapter "
              "back to the original base; use one or the other")

@@ -60,12 +60,13 @@ def reference_of(example: Example) -> str:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 48,
-             batch_size: int = 16, stop_strings: list[str] | None = None) -> list[Generation]:
-    """Greedy, batched generation that stops at the model's stop set (kit.stops: its
-    generation config's EOS list, its template's end-of-turn token and the tokenizer's EOS),
-    or where the reply first contains one of `stop_strings` (the reply ends with it then);
-    the model is put in Unsloth's inference mode meanwhile. Prompts are batched by length
-    (longest first) and the replies come back in the prompts' order."""
+             batch_size: int = 16, stop_strings: list[str] | None = None,
+             temperature: float = 0.0) -> list[Generation]:
+    """Greedy (with `temperature` > 0: sampled), batched generation that stops at the model's
+    stop set (kit.stops: its generation config's EOS list, its template's end-of-turn token and
+    the tokenizer's EOS), or where the reply first contains one of `stop_strings` (the reply
+    ends with it then); the model is put in Unsloth's inference mode meanwhile. Prompts are
+    batched by length (longest first) and the replies come back in the prompts' order."""
     stops = stops_mod.stop_ids(tokenizer, getattr(model, "generation_config", None))
     FastLanguageModel.for_inference(model)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -81,7 +82,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 
             texts = [texts_all[j] for j in index]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             ids = model.generate(
-                **enc.to(device), max_new_tokens=max_new_tokens, do_sample=False,
+                **enc.to(device), max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                **({"temperature": temperature, "top_p": 1.0, "top_k": 0} if temperature > 0 else {}),
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
                 **({"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}),
             )

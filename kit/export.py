@@ -100,7 +100,8 @@ def save_adapter(model, tokenizer, final: Path, extra_files: dict[str, str] | No
         config.base_model_name_or_path, config.revision = pinned["base_model"], pinned["revision"]
         inner.config._name_or_path = inner.name_or_path = pinned["base_model"]
         try:
-            model.save_pretrained(str(tmp), **convert)
+            embeddings = _embeddings_to_save(model, config, pin.base_dir(path))
+            model.save_pretrained(str(tmp), **convert, save_embedding_layers=embeddings)
         finally:
             (config.base_model_name_or_path, config.revision, inner.config._name_or_path,
              inner.name_or_path) = saved
@@ -114,6 +115,22 @@ def save_adapter(model, tokenizer, final: Path, extra_files: dict[str, str] | No
         _write_extra(tmp, extra_files)
         _settle_permissions(tmp)
     return final
+
+
+def _embeddings_to_save(model, config, base_folder: Path | None) -> bool | str:
+    """PEFT's own rule for putting the whole embedding layers in the adapter (they were resized,
+    or LoRA targets them), decided from the base's config.json on this machine. PEFT's "auto"
+    looks the base up by the portable name the adapter is being saved under, which is no path
+    here and may be a Hub id out of reach: a warning on every offline save."""
+    from peft.utils.constants import EMBEDDING_LAYER_NAMES
+
+    targets = config.target_modules
+    vocab = getattr(model.config, "vocab_size", None)
+    if base_folder is None or not vocab or (isinstance(targets, str) and targets != "all-linear"):
+        return "auto"
+    if not isinstance(targets, str) and any(t in EMBEDDING_LAYER_NAMES for t in targets):
+        return "auto"  # PEFT saves them without a lookup
+    return json.loads((base_folder / "config.json").read_text()).get("vocab_size") != vocab
 
 
 def merge_base(model, base=None) -> str | None:
@@ -151,11 +168,13 @@ def held_out_file(folder: Path, held_out, rows: int = 16, prompts: int = 4, new_
 
 def save_merged(model, tokenizer, final: Path, extra_files: dict[str, str] | None = None, *,
                 adapter: Path | None = None, base=None, dtype: str = "auto", held_out=None,
-                timeout: float = 3600) -> tuple[Path, dict]:
+                check: tuple | None = None, timeout: float = 3600) -> tuple[Path, dict]:
     """The merged model and its merge report (kit.verify.merge_main, in a fresh process): LoRA
     merged in float32 into the 16-bit base and saved in `dtype`. `adapter`: the adapter folder
-    already saved (else one is saved to a scratch folder first). A 4-bit run whose 16-bit base
-    is unknown is merged by Unsloth's save_pretrained_merged instead (report: measured false)."""
+    already saved (else one is saved to a scratch folder first). `check`: (prompt,
+    max_new_tokens) for the export's check, made in the same fresh process on the merged model
+    as it reloads it from disk (the report's `answer`). A 4-bit run whose 16-bit base is unknown
+    is merged by Unsloth's save_pretrained_merged instead (report: measured false)."""
     full = merge_base(model, base)
     if full is None:
         return _save_merged_unsloth(model, tokenizer, final, extra_files), {
@@ -166,17 +185,21 @@ def save_merged(model, tokenizer, final: Path, extra_files: dict[str, str] | Non
         if adapter is None or not (adapter / "adapter_config.json").is_file():
             adapter = save_adapter(model, tokenizer, scratch / "adapter", base=base)
         data = held_out_file(scratch, list(held_out or []))
+        task = scratch / "check.json"
+        task.write_text(json.dumps({
+            "prompt": check[0] if check else "", "max_new_tokens": check[1] if check else 0,
+            "generation_config": generation_config(model, tokenizer).to_json_string()}))
         with atomic_dir(final) as tmp:
+            # Everything but the weights first: the fresh process checks the folder as it will be.
+            tokenizer.save_pretrained(str(tmp))
+            _copy_sentencepiece_model(model, tmp)
+            _write_extra(tmp, extra_files)
             report = check_in_fresh_process("merge", ["kit.verify", "merge", str(adapter), str(tmp),
-                                                      full, dtype, str(data)], timeout)
+                                                      full, dtype, str(data), str(task)], timeout)
             if report.get("error"):
                 from kit.errors import CheckFailed
 
                 raise CheckFailed(f"merge failed: {report['error']}")
-            tokenizer.save_pretrained(str(tmp))
-            generation_config(model, tokenizer).save_pretrained(str(tmp))
-            _copy_sentencepiece_model(model, tmp)
-            _write_extra(tmp, extra_files)
             _settle_permissions(tmp)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -244,11 +267,49 @@ def save_gguf(model, tokenizer, output_dir: Path, quant: str, merged: Path | Non
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def gguf_base(model, base=None) -> tuple[Path, str]:
+    """(folder, name) of the 16-bit base a GGUF LoRA goes on: the run's base (for a 4-bit run the
+    16-bit model it was made from, kit.export.merge_base), fetched from the Hub if it is not on
+    this machine, and the name its GGUF gets (the Hub id's last part, or the folder's name)."""
+    from kit import pin
+    from kit.errors import CheckFailed
+
+    full = merge_base(model, base)
+    folder = pin.base_dir(full) if full else None
+    if folder is None and full and full.count("/") == 1:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(full, allow_patterns=["*.json", "*.safetensors", "*.model",
+                                                              "*.txt", "*.jinja"]))
+    if folder is None:
+        raise CheckFailed("export=gguf-lora: no 16-bit base known for this 4-bit model, and llama.cpp "
+                          "needs one to put the adapter on; use export=gguf (the merged model)")
+    hub_id = base.hub_id if base is not None and full == str(base.path) else ""
+    return folder, pin.portable_name(full, hub_id)[0].split("/")[-1]
+
+
+def save_gguf_lora(model, tokenizer, output_dir: Path, quant: str, adapter: Path, base=None,
+                   progress=print) -> tuple[Path, Path]:
+    """output_dir/gguf-lora: the base as GGUF (`quant`), the saved PEFT `adapter` as a GGUF LoRA
+    beside it and an Ollama Modelfile (FROM the base, ADAPTER the adapter), written whole or not
+    at all. Returns (base GGUF, adapter GGUF)."""
+    from kit import gguf, stops
+
+    folder, base_name = gguf_base(model, base)
+    stop_tokens = stops.stop_tokens(tokenizer, generation_config(model, tokenizer).eos_token_id)
+    final = output_dir / "gguf-lora"
+    with atomic_dir(final) as tmp:
+        base_gguf, lora = gguf.export_gguf_lora(adapter, folder, tmp, quant, base_name, output_dir.name,
+                                                stop_tokens, progress)
+        _settle_permissions(tmp)
+    return final / base_gguf.name, final / lora.name
+
+
 def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: list[dict],
                       progress=print, extra_files: dict[str, str] | None = None,
                       max_new_tokens: int = 64, gguf_quant: str = "q8_0", *, base=None,
                       merge_dtype: str = "auto", held_out=None) -> dict[str, dict]:
-    """Write the exports `what` asks for (adapter, merged, both, gguf or all), with
+    """Write the exports `what` asks for (adapter, merged, both, gguf, gguf-lora or all), with
     `extra_files` (name → text) inside each folder, and check each one in a fresh process.
     `base`: the run's ModelChoice (the adapter's pinned base); `merge_dtype` and `held_out`
     (encoded held-out rows) go to the merge and its report."""
@@ -256,6 +317,7 @@ def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: lis
     from kit.config import EXPORT_KINDS
 
     base_path = base_of(model, base)[0]
+    reference: dict = {}
     merge = {"adapter": output_dir / "adapter", "base": base, "dtype": merge_dtype, "held_out": held_out}
     for kind in EXPORT_KINDS[what]:
         path = output_dir / kind
@@ -268,16 +330,35 @@ def export_and_verify(model, tokenizer, what: str, output_dir: Path, prompt: lis
             path = save_gguf(model, tokenizer, output_dir, gguf_quant, merged, progress, **merge)
             progress(f"Checking {path.name}: loading it in a fresh process with llama.cpp")
             res = results[kind] = {"path": str(path), **verify_gguf(path, prompt, max_new_tokens)}
+        elif kind == "gguf-lora":  # (after "adapter": EXPORT_KINDS puts it first)
+            from kit.gguf import verify_gguf_lora
+
+            base_gguf, path = save_gguf_lora(model, tokenizer, output_dir, gguf_quant, output_dir / "adapter",
+                                             base, progress)
+            progress(f"Checking {path.name} on {base_gguf.name}: llama.cpp in a fresh process, against "
+                     "the PEFT adapter's greedy tokens")
+            res = results[kind] = {"path": str(path), "base": str(base_gguf), **verify_gguf_lora(
+                base_gguf, path, prompt, reference, gguf_quant, max_new_tokens), "peft": reference}
         else:
             if kind == "adapter":
                 save_adapter(model, tokenizer, path, extra_files, base=base)
             else:
-                _, report = save_merged(model, tokenizer, path, extra_files, **merge)
+                progress(f"Merging in float32 and checking {kind} in a fresh process with plain "
+                         f"transformers")
+                _, report = save_merged(model, tokenizer, path, extra_files, **merge,
+                                        check=(prompt, max_new_tokens))
                 progress(merge_line(report))
-            progress(f"Checking {kind}: loading it in a fresh process with plain "
-                     f"{'peft' if kind == 'adapter' else 'transformers'}")
-            res = results[kind] = {"path": str(path), **verify(kind, path, prompt, max_new_tokens,
-                                                                base=base_path)}
+            answer = (report or {}).pop("answer", None)
+            if answer is not None:  # the merge's process made the check on the saved folder
+                answer["ok"] = bool(answer.get("reply")) and bool(answer.get("stopped"))
+            else:
+                progress(f"Checking {kind}: loading it in a fresh process with plain "
+                         f"{'peft' if kind == 'adapter' else 'transformers'}")
+            res = results[kind] = {"path": str(path), **(answer or verify(
+                kind, path, prompt, max_new_tokens, base=base_path))}
+            ids = {k: res.pop(k, None) for k in ("prompt_ids", "token_ids")}  # not for metrics.json
+            if kind == "adapter":  # the PEFT reply's token ids: what the gguf-lora check compares
+                reference = ids
         if report is not None:
             res["merge"] = report
             if not report.get("ok", True) and res.get("ok"):

@@ -32,13 +32,23 @@ class Request:
     memory_margin: float
     nproc: int
     learning_rate: float | None
+    # Sequences each example puts through the model in one pass: 2 for a preference pair (DPO
+    # runs chosen and rejected together, each padded to the longer), so a micro-batch of n
+    # pairs holds the tokens of 2n sequences.
+    sequences_per_row: int = 1
+    # Completions sampled at once before each step, all ranks together (GRPO's generation
+    # batch); 0: the recipe generates nothing while training.
+    generation_batch: int = 0
 
     @classmethod
     def of(cls, cfg) -> Request:
+        generation = (getattr(cfg, "generation_batch_size", 0) or cfg.batch_size
+                      if hasattr(cfg, "num_generations") else 0)
         return cls(cfg.model, type(cfg).gpu_model, cfg.max_seq_length, cfg.batch_size,
                    cfg.micro_batch_size, plan_mod.mode_of(str(cfg.gradient_checkpointing)),
                    cfg.load_in_4bit, cfg.lora.r, cfg.lora.target_modules, cfg.gpu_memory_gib,
-                   cfg.memory_margin, cfg.nproc, cfg.learning_rate)
+                   cfg.memory_margin, cfg.nproc, cfg.learning_rate,
+                   getattr(type(cfg), "sequences_per_row", 1), generation)
 
     @property
     def plan_targets(self) -> tuple[str, ...]:
@@ -103,14 +113,18 @@ def plan_memory(want: Request, device: Device, shape: plan_mod.Shape, seq: int,
     """The fastest checkpointing mode and micro-batch that fit, for sequences up to `seq`, and
     where the memory figure came from. Per GPU: each of `world` data-parallel ranks (default:
     this run's) takes its share of `batch_size`; `cards` > 1 plans one process whose layers are
-    split over that many cards like this one (less a tenth, as layers do not split evenly)."""
+    split over that many cards like this one (less a tenth, as layers do not split evenly).
+    Rows of several sequences each (`want.sequences_per_row`: a preference pair's chosen and
+    rejected) are planned as one sequence that many times as long: the same tokens per pass."""
+    seq *= want.sequences_per_row
     free, source = memory_budget(want, device)
     if cards > 1:
         free, source = free * cards * 0.9, f"{cards} × {source}, layers split"
     gpu = device.gpu or bool(want.gpu_memory_gib)
+    share = ranks.per_rank_batch(want, world or None)
     chosen = plan_mod.choose(
         shape, budget_gib=plan_mod.usable_gib(free, want.memory_margin),
-        batch_size=ranks.per_rank_batch(want, world or None),
+        batch_size=share,
         seq=seq, checkpointing=checkpointing or want.checkpointing,
         micro_batch=want.micro_batch_size or None, r=want.r, targets=want.plan_targets,
         four_bit=four_bit,
@@ -118,6 +132,7 @@ def plan_memory(want: Request, device: Device, shape: plan_mod.Shape, seq: int,
         modes=plan_mod.MODES if gpu else ("off", "on"), tflops=plan_mod.peak_tflops(device.name),
         # Offloaded activations may take half the host's free RAM; the rest is the data and Python.
         host_gib=host_free_gib() / 2, row_lengths=row_lengths,
+        generation_rows=want.generation_batch * share // want.batch_size,  # this rank's share
     )
     return chosen, source
 

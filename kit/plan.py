@@ -237,18 +237,35 @@ class Setting:
 class Estimate:
     parts: dict[str, float]  # GiB per part
     host_gib: float = 0.0  # layer inputs Unsloth's checkpointing offloads to CPU RAM
+    # Sampling completions before a step (GRPO): their KV cache and logits, held while no
+    # activations are, so the peak has the larger of the two.
+    generation_gib: float = 0.0
 
     @property
     def total(self) -> float:
-        return sum(self.parts.values())
+        training = self.parts.get("activations", 0.0) + self.parts.get("logits", 0.0)
+        return sum(self.parts.values()) + max(self.generation_gib - training, 0.0)
 
     def describe(self) -> str:
-        return ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items() if v >= 0.005)
+        text = ", ".join(f"{k} {v:.2f}" for k, v in self.parts.items() if v >= 0.005)
+        if self.generation_gib:
+            text += (f"; generation {self.generation_gib:.2f} "
+                     "(KV cache and logits, not at once with activations)")
+        return text
+
+
+def generation_gib(shape: Shape, rows: int, seq: int) -> float:
+    """Sampling `rows` completions at once, each up to `seq` tokens with its prompt: the 16-bit
+    KV cache (keys and values of every layer) and one step's fp32 logits, twice (the scores
+    and their softmax)."""
+    kv_per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * 2
+    return rows * (seq * kv_per_token + 2 * 4 * shape.vocab) / GiB
 
 
 def estimate(shape: Shape, setting: Setting, *, r: int = 16, targets: tuple[str, ...] = ALL_TARGETS,
-             four_bit: bool = True, coef: Coefficients = KIT) -> Estimate:
-    """Predicted peak memory of one training step, split by part."""
+             four_bit: bool = True, coef: Coefficients = KIT, generation_rows: int = 0) -> Estimate:
+    """Predicted peak memory of one training step, split by part; with `generation_rows`, of
+    sampling that many completions (GRPO) before it too (generation_gib)."""
     d, m = shape.hidden, shape.intermediate
     vocab = shape.vocab + coef.vocab_margin * max(shape.vocab - CALIBRATED_VOCAB, 0)
     layer_bytes = coef.activation_scale * 2 * (8 * d + 4 * m)
@@ -263,7 +280,7 @@ def estimate(shape: Shape, setting: Setting, *, r: int = 16, targets: tuple[str,
         "activations": tokens * (layer_bytes * kept + stash) / GiB,
         "logits": tokens * coef.logit_bytes * vocab / GiB,
         "overhead": coef.fixed_gib + coef.buffer_weights * shape.largest_linear * 2 / GiB,
-    }, host_gib=offloaded)
+    }, host_gib=offloaded, generation_gib=generation_gib(shape, generation_rows, setting.seq))
 
 
 @dataclass
@@ -288,14 +305,16 @@ def choose(shape: Shape, *, budget_gib: float, batch_size: int, seq: int,
            checkpointing: str | None = None, micro_batch: int | None = None, r: int = 16,
            targets: tuple[str, ...] = ALL_TARGETS, four_bit: bool = True,
            modes: tuple[str, ...] = MODES, tflops: float = PEAK_TFLOPS["H100"],
-           host_gib: float = math.inf, row_lengths: tuple[int, ...] = ()) -> Plan:
+           host_gib: float = math.inf, row_lengths: tuple[int, ...] = (),
+           generation_rows: int = 0) -> Plan:
     """The fastest (checkpointing, micro-batch) that fits `budget_gib` for batches of
     `batch_size` sequences up to `seq` tokens. An explicit `checkpointing` or `micro_batch`
     is kept as given; if it does not fit, the message names the nearest setting that does.
     `host_gib`: CPU RAM that offloaded checkpointing may fill (a Colab VM has about 12 GiB).
     `row_lengths`: the data's row lengths when micro-batches are packed (padding-free): a pass
     then holds the tokens of its rows, not rows × `seq`, and is planned for its worst case, the
-    sum of the micro-batch's count of longest rows; the token budget per pass is that sum."""
+    sum of the micro-batch's count of longest rows; the token budget per pass is that sum.
+    `generation_rows`: completions sampled at once before each step (GRPO), up to `seq` tokens each."""
     longest_first = sorted(row_lengths, reverse=True)
 
     def setting(c: str, b: int, length: int) -> Setting:
@@ -303,7 +322,7 @@ def choose(shape: Shape, *, budget_gib: float, batch_size: int, seq: int,
         return Setting(c, b, batch_size // b, length, packed)
 
     def est(s: Setting) -> Estimate:
-        return estimate(shape, s, r=r, targets=targets, four_bit=four_bit)
+        return estimate(shape, s, r=r, targets=targets, four_bit=four_bit, generation_rows=generation_rows)
 
     def candidates(cp: tuple[str, ...], mbs: list[int], length: int) -> list[tuple[Setting, Estimate]]:
         out = [(s, est(s)) for s in (setting(c, b, length) for c in cp for b in mbs)]
@@ -342,8 +361,8 @@ def choose(shape: Shape, *, budget_gib: float, batch_size: int, seq: int,
                 f"fits (~{e.total:.1f} GiB), or leave both on auto")
     else:
         def need_at(n: int) -> float:  # GPU memory at length n, for modes whose offload fits the host
-            ests = [estimate(shape, Setting(c, 1, batch_size, n), r=r, targets=targets, four_bit=four_bit)
-                    for c in cp]
+            ests = [estimate(shape, Setting(c, 1, batch_size, n), r=r, targets=targets, four_bit=four_bit,
+                             generation_rows=generation_rows) for c in cp]
             return min((e.total for e in ests if e.host_gib <= host_gib), default=math.inf)
 
         longest = _longest_fitting(need_at, budget_gib, seq)

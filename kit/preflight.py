@@ -22,7 +22,7 @@ def export_bytes(export: str, total_params: int, trainable: int, save_total_limi
     need = 0
     if "merged" in kinds or "gguf" in kinds:  # a GGUF is converted from the merged model
         need += 2 * total_params
-    if "gguf" in kinds:
+    if "gguf" in kinds or "gguf-lora" in kinds:  # (gguf-lora: the base, at most 16-bit)
         need += 2 * total_params
     if "adapter" in kinds:
         need += 4 * trainable
@@ -87,10 +87,12 @@ def check_services(cfg) -> None:
         package = LOGGER_PACKAGES[logger]
         if importlib.util.find_spec(package) is None:
             fail(f"report_to={logger} needs the {package} package: pip install {package}")
-    if "gguf" in EXPORT_KINDS.get(getattr(cfg, "export", ""), ()):
+    kinds = EXPORT_KINDS.get(getattr(cfg, "export", ""), ())
+    if "gguf" in kinds or "gguf-lora" in kinds:
         from kit.gguf import tools_available
 
-        missing = tools_available()  # the converter, and the binding that checks the result
+        # the converters, and the binding that checks the result
+        missing = tools_available(lora="gguf-lora" in kinds)
         if missing:
             fail(f"export={cfg.export}: {missing}")
     if getattr(cfg, "push", ""):

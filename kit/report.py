@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape_markup
 from rich.table import Table
 
 from kit import ranks
@@ -17,6 +17,19 @@ from kit.metrics import improved
 
 # Among several training processes only rank 0 talks (errors still reach stderr from any).
 console = Console(highlight=False, quiet=not ranks.is_main())
+
+
+def printable(text: str, keep: str = "") -> str:
+    """`text` with every control or format character (terminal escapes, carriage returns, bidi
+    overrides) but those in `keep` written as its Python escape, so words a model generated or a
+    dataset holds cannot recolour, retitle or move the user's terminal."""
+    return "".join(c if c.isprintable() or c in keep else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def escape(text: str) -> str:
+    """Text for the console: printable (newlines and tabs kept) and rich's markup escaped."""
+    return escape_markup(printable(text, keep="\n\t"))
 
 
 def say(message: str) -> None:

@@ -95,6 +95,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from kit.report import printable
+
 GRACE = 5.0  # seconds beyond `timeout` for starting and tearing down the sandbox
 DISK_MB = 64
 WORKER_UID = 1000  # inside the sandbox's user namespace, when the caller is root
@@ -106,12 +108,6 @@ _HARNESS = _SOURCE + "\nharness()\n"
 _ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
         "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1"}
-
-
-def printable(text: str) -> str:
-    """`text` with every control or format character (terminal escapes, newlines, bidi
-    overrides) written as its Python escape, so the program's words cannot drive a terminal."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @dataclass

@@ -136,13 +136,27 @@ def to_dataset(encoded: list[Encoded]) -> Dataset:
 
 
 def sft_config(cfg, run, checkpoint_dir: str | None = None) -> SFTConfig:
-    """TRL's training arguments for this run: the memory plan's micro-batch and accumulation
-    (`batch_size` is the effective batch), the learning rate settled with the adapters, 8-bit
-    AdamW on a GPU, linear decay after warmup, weight decay 0.01, checkpoints every
-    `save_steps` into output_dir/checkpoints/. The data comes tokenized and prompt-masked
-    (kit.data), so TRL is told not to prepare it."""
-    gpu, bf16, s = run.device.gpu, run.device.bf16, run.settings
+    """TRL's training arguments for this run (trainer_args). The data comes tokenized and
+    prompt-masked (kit.data), so TRL is told not to prepare it."""
+    s = run.settings
     return SFTConfig(
+        **trainer_args(cfg, run, checkpoint_dir),
+        max_length=cfg.max_seq_length,
+        dataset_kwargs={"skip_prepare_dataset": True},
+        remove_unused_columns=False,
+        # Tokens trained on: a packed batch has no padding (and a pad token may equal EOS, so
+        # it cannot be counted by id); a padded one counts its attention mask.
+        include_num_input_tokens_seen="all" if s.packing else "non_padding",
+    )
+
+
+def trainer_args(cfg, run, checkpoint_dir: str | None = None) -> dict:
+    """The arguments every TRL trainer of the kit gets: the memory plan's micro-batch and
+    accumulation (`batch_size` is the effective batch), the learning rate settled with the
+    adapters, 8-bit AdamW on a GPU, linear decay after warmup, weight decay 0.01, checkpoints
+    every `save_steps` into output_dir/checkpoints/."""
+    gpu, bf16, s = run.device.gpu, run.device.bf16, run.settings
+    return dict(
         output_dir=checkpoint_dir or str(checkpoints.checkpoint_dir(cfg.output_dir)),
         max_steps=cfg.max_steps,
         per_device_train_batch_size=s.micro_batch,
@@ -161,18 +175,12 @@ def sft_config(cfg, run, checkpoint_dir: str | None = None) -> SFTConfig:
         report_to=loggers(cfg.report_to) or "none",
         seed=cfg.seed,
         disable_tqdm=True,
-        max_length=cfg.max_seq_length,
-        dataset_kwargs={"skip_prepare_dataset": True},
-        remove_unused_columns=False,
         dataloader_pin_memory=gpu,
         # Several ranks (kit.launch): gloo on CPU, NCCL between GPUs; every parameter that
         # trains gets a gradient, so DDP need not search for unused ones.
         ddp_backend=None if gpu or not ranks.in_ranks() else "gloo",
         ddp_find_unused_parameters=False,
         ddp_timeout=int(ranks.WAIT.total_seconds()),
-        # Tokens trained on: a packed batch has no padding (and a pad token may equal EOS, so
-        # it cannot be counted by id); a padded one counts its attention mask.
-        include_num_input_tokens_seen="all" if s.packing else "non_padding",
     )
 
 

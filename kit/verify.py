@@ -3,7 +3,7 @@
     python -m kit.verify adapter|merged PATH '[{"role": "user", "content": "Hi"}]' [MAX_NEW_TOKENS]
     python -m kit.verify adapter|merged PATH '"<fim_prefix>def f(x):<fim_suffix>..."'   # raw text
     python -m kit.verify adapter PATH PROMPT MAX_NEW_TOKENS BASE   # on this base, checked first
-    python -m kit.verify merge ADAPTER OUT BASE DTYPE HELD_OUT.json   # the fp32 merge (merge_main)
+    python -m kit.verify merge ADAPTER OUT BASE DTYPE HELD_OUT.json [CHECK.json]   # the fp32 merge
 
 Prints one JSON line: the reply, whether generation stopped at one of the folder's own stop
 tokens (its `generation_config.json` EOS list, as transformers uses it; nothing is passed to
@@ -61,14 +61,20 @@ def main(argv: list[str]) -> int:
     max_new_tokens = int(argv[3]) if len(argv) > 3 else 64
     base = argv[4] if len(argv) > 4 else None
     start = time.perf_counter()
-    import torch
-
     model, tokenizer = load_exported(path, kind, base)
-    loaded = time.perf_counter() - start
+    print(json.dumps({"kind": kind, **answer(model, tokenizer, path, prompt, max_new_tokens, start)}))
+    return 0
+
+
+def answer(model, tokenizer, path, prompt, max_new_tokens: int, start: float) -> dict:
+    """Generate greedily from `prompt` with the folder's own generation config: the reply, and
+    whether it stopped at one of the folder's stop tokens. `start`: when loading began."""
     from pathlib import Path
 
+    import torch
     from transformers import GenerationConfig
 
+    loaded = time.perf_counter() - start
     # An adapter folder carries the generation config the kit wrote beside it (peft itself
     # would take the base model's); a merged folder's is what from_pretrained loaded.
     own = Path(path) / "generation_config.json"
@@ -86,16 +92,17 @@ def main(argv: list[str]) -> int:
     new = out[0, enc["input_ids"].shape[1]:].tolist()
     stop = next((k for k, t in enumerate(new) if t in eos), None)
     stop_token = tokenizer.convert_ids_to_tokens(new[stop]) if stop is not None else None
+    token_ids = new if stop is None else new[:stop + 1]  # the reply's ids and the stop token
     new = new if stop is None else new[:stop]
-    print(json.dumps({
-        "kind": kind,
+    return {
         "reply": tokenizer.decode(new, skip_special_tokens=True).strip(),
         "stopped": stop is not None,
         "stop_token": stop_token,
+        # what another runtime is compared with (kit.gguf's gguf-lora check)
+        "prompt_ids": enc["input_ids"][0].tolist(), "token_ids": token_ids,
         "load_seconds": round(loaded, 1),
         "seconds": round(time.perf_counter() - start, 1),
-    }))
-    return 0
+    }
 
 
 # ---------------------------------------------------------------- the merge
@@ -198,10 +205,16 @@ def agreement(model, prompts: list, replies: list) -> float:
     return same / total if total else 1.0
 
 
-def merge_main(adapter: str, out: str, base: str, dtype: str, held_out: str) -> int:
+def merge_main(adapter: str, out: str, base: str, dtype: str, held_out: str, check: str = "") -> int:
     """The merged model, written to `out` in `dtype` (`auto`: the base's 16-bit dtype when the
     cast keeps the update, else float32), with merge_report.json: what the cast lost, and the
-    held-out loss and greedy tokens of the adapter and of the merged model as saved."""
+    held-out loss and greedy tokens of the adapter and of the merged model as saved.
+
+    `check`: a JSON file {"prompt", "max_new_tokens", "generation_config"}: the export's check
+    (`answer`, as `python -m kit.verify merged OUT` does it) on the merged model as reloaded
+    from `out` for the report, after the kit's generation config (with the run's stop set) is
+    put in place of the one save_pretrained wrote; its result is the report's `answer`. One
+    process and one load fewer than merging and checking apart."""
     from pathlib import Path
 
     import torch
@@ -241,6 +254,10 @@ def merge_main(adapter: str, out: str, base: str, dtype: str, held_out: str) -> 
     merged = model.unload()  # the LoRA layers gone; their update is in the base weights
     merged.to(getattr(torch, chosen)).save_pretrained(out)
     del merged, model
+    task = json.loads(Path(check).read_text()) if check else None
+    if task:  # the kit's stop set, not the base's generation config save_pretrained wrote
+        (Path(out) / "generation_config.json").write_text(task["generation_config"])
+    start = time.perf_counter()
     again = AutoModelForCausalLM.from_pretrained(out, dtype="auto" if gpu else torch.float32)
     again = (again.to("cuda") if gpu else again).eval()
     loss_merged = held_out_loss(again, data["rows"])
@@ -254,6 +271,10 @@ def merge_main(adapter: str, out: str, base: str, dtype: str, held_out: str) -> 
               "limits": {"update_lost": LOST_LIMIT, "loss_rise": LOSS_LIMIT}}
     report.update(departs(report))
     (Path(out) / "merge_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if task and task.get("max_new_tokens"):
+        reply = answer(again, AutoTokenizer.from_pretrained(out), out, task["prompt"],
+                       int(task["max_new_tokens"]), start)
+        report = {**report, "answer": {"kind": "merged", **reply}}
     print(json.dumps(report))
     return 0
 

@@ -2,8 +2,8 @@
 # Install the GGUF export tools into .venv/ from PyPI only (no GitHub clone, works offline
 # once cached). Called by `make gguf-tools`; safe to re-run.
 #   1. download the llama-cpp-python sdist (cached outside the venv)
-#   2. extract llama.cpp's HF->GGUF converter (convert_hf_to_gguf.py, conversion/, gguf-py/)
-#      into $VENV/share/kit-llama.cpp/, where kit/gguf.py looks for it
+#   2. extract llama.cpp's HF->GGUF converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py,
+#      conversion/, gguf-py/) into $VENV/share/kit-llama.cpp/, where kit/gguf.py looks for them
 #   3. build the llama_cpp binding CPU-only (for k-quant quantization and for loading GGUFs)
 # We run llama.cpp's own scripts from where they are extracted; nothing is copied into the repo.
 set -euo pipefail
@@ -45,21 +45,23 @@ else
 fi
 
 # 2. converter (extracted to a temp folder, then renamed, so a half-extracted tree never counts)
-if [ -f "$TOOLS/.version" ] && [ "$(cat "$TOOLS/.version")" = "$VERSION" ]; then
+# (an extraction older than the LoRA converter lacks convert_lora_to_gguf.py: extract again)
+if [ -f "$TOOLS/.version" ] && [ "$(cat "$TOOLS/.version")" = "$VERSION" ] \
+   && [ -f "$TOOLS/convert_lora_to_gguf.py" ]; then
   stamp "converter already in $TOOLS"
 else
   mkdir -p "$VENV/share"
   tmp=$(mktemp -d "$VENV/share/.kit-llama.cpp.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   V="$SDIST_NAME/vendor/llama.cpp"
-  members=("$V/convert_hf_to_gguf.py" "$V/gguf-py" "$V/LICENSE")
+  members=("$V/convert_hf_to_gguf.py" "$V/convert_lora_to_gguf.py" "$V/gguf-py" "$V/LICENSE")
   tar tzf "$SDIST" "$V/conversion/__init__.py" >/dev/null 2>&1 && members+=("$V/conversion")
   tar xzf "$SDIST" -C "$tmp" --strip-components=3 "${members[@]}"
   echo "$VERSION" >"$tmp/.version"
   rm -rf "$TOOLS"
   mv "$tmp" "$TOOLS"
   trap - EXIT
-  stamp "extracted llama.cpp's convert_hf_to_gguf.py into $TOOLS"
+  stamp "extracted llama.cpp's converters into $TOOLS"
 fi
 # The converter's imports (besides the gguf-py beside it): fail here, not mid-export.
 missing=$("$PY" - <<'EOF'
@@ -74,7 +76,8 @@ if [ -n "$missing" ]; then
   quiet pip install -q $(for m in $missing; do echo "${pkg[$m]:-$m}"; done)
 fi
 PYTHONPATH="$TOOLS/gguf-py" quiet "$PY" "$TOOLS/convert_hf_to_gguf.py" --help
-stamp "converter runs"
+PYTHONPATH="$TOOLS/gguf-py" quiet "$PY" "$TOOLS/convert_lora_to_gguf.py" --help
+stamp "converters run"
 
 # 3. binding
 have=$("$PY" -c "import llama_cpp; print(llama_cpp.__version__)" 2>/dev/null || true)

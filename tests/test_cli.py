@@ -14,7 +14,7 @@ import kit.cli
 from kit import cli
 from kit.errors import KitError
 
-RECIPES = ("chat", "classification", "code", "fim")
+RECIPES = ("chat", "classification", "code", "dpo", "fim", "grpo")
 KERNEL_ARGV = ["/usr/lib/python3/site-packages/ipykernel_launcher.py", "-f",
                "/root/.local/share/jupyter/runtime/kernel-1.json"]
 
@@ -111,7 +111,7 @@ def test_main_lists_recipes_and_dispatches(capsys):
         assert f"  {name} " in out
     assert cli.main(["--help"]) == 0 and "recipes:" in capsys.readouterr().out
     assert cli.main(["nope"]) == 2
-    assert "error: no recipe 'nope'; have: chat, classification, code, fim" in capsys.readouterr().err
+    assert "error: no recipe 'nope'; have: chat, classification, code, dpo, fim" in capsys.readouterr().err
     assert cli.main(["code", "--help"]) == 0
     out = capsys.readouterr().out
     assert "CodeConfig: key=value overrides" in out and "exec_timeout" in out

@@ -24,7 +24,7 @@ def test_overrides_leave_the_default_untouched():
     ("max_steps=ten", "whole number"),
     ("learning_rate=fast", "a number"),
     ("load_in_4bit=maybe", "true or false"),
-    ("export=onnx", "adapter, merged, both, gguf, all"),
+    ("export=onnx", "adapter, merged, both, gguf, gguf-lora, all"),
     ("export=gguf gguf_quant=q3", "gguf_quant="),
     ("report_to=slack", "report_to="),
     ("push=not-a-repo", "push="),
@@ -48,7 +48,7 @@ def test_unknown_key_lists_the_valid_keys():
 def test_every_field_of_every_recipe_config_has_a_docstring():
     configs = [v for name in names() for v in vars(recipe(name)).values()
                if isinstance(v, type) and issubclass(v, RecipeConfig) and v is not RecipeConfig]
-    assert len(configs) == len(names()) == 4
+    assert len(configs) == len(names()) == 6
     for cls in (RecipeConfig, LoraConfig, *configs):
         docs = field_docs(cls)
         missing = [f.name for f in dataclasses.fields(cls) if not docs.get(f.name)]
@@ -69,7 +69,7 @@ def test_help_prints_keys_and_returns_none(capsys):
 def test_configs_built_in_python_are_checked_too():
     from kit.config import validate
 
-    with pytest.raises(KitError, match="adapter, merged, both, gguf, all"):
+    with pytest.raises(KitError, match="adapter, merged, both, gguf, gguf-lora, all"):
         validate(RecipeConfig(export="onnx"))
 
     with pytest.raises(KitError, match="out of range"):

@@ -1,6 +1,7 @@
 """`make gpu-check` on CPU: the same script as on a GPU, on tiny shapes, so it cannot rot between
 GPU runs. It must measure both stacks in every batching, run the chat recipe end to end with both
-exports checked and its held-out loss down, and write its JSON and markdown."""
+exports checked and its held-out loss down, put two adapters on one base with a mixed batch
+equal to each row alone, and write its JSON and markdown."""
 
 import json
 import os
@@ -45,9 +46,16 @@ def test_gpu_check_runs_on_cpu_in_reduced_form(tmp_path):
         assert "chat recipe only" in record["recipes"][name]["skipped"]
     assert record["recipes"]["model"]["loss_last"] < record["recipes"]["model"]["loss_first"]
 
+    # Two adapters on the small model: a mixed batch gives each row exactly its tokens alone (fp32),
+    # through plain transformers + PEFT (no Unsloth), and rows of different adapters differ.
+    multi = record["multi"]
+    assert multi["ok"] and multi["exact_rows"] == multi["rows"] == 6 and multi["rows_differ"], multi
+    assert multi["unsloth_imported"] is False
+
     table = md.read_text()
     assert "| kit | off | 2 × 1 | chat | packed |" in table
     assert "| chat | yes |" in table and "| fim | skipped on CPU" in table and "all ok: True" in table
+    assert "ok: True; 6/6 rows exactly as alone" in table
 
 
 def test_gpu_check_without_the_stack_says_what_to_do(tmp_path):

@@ -420,3 +420,21 @@ def test_two_runs_may_not_share_a_mirror(tmp_path):
         holder.wait()
     assert checkpoints.claim_output_dir(cfg) == "fresh"
     runlock.release()
+
+
+def test_model_text_cannot_drive_the_terminal():
+    """A reply or a generated program is shown through report.escape: escape sequences (colour,
+    window title, cursor moves), carriage returns and bidi overrides reach the terminal as
+    visible escapes, markup as text, while newlines and the words stay."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from kit.report import escape
+
+    text = "ok\x1b[2J\x1b]0;pwned\x07\rline\u202e [red]x[/red]\nnext"
+    out = StringIO()
+    Console(file=out, force_terminal=False, width=200).print(escape(text))
+    shown = out.getvalue()
+    assert not any(c in shown for c in "\x1b\x07\r\u202e"), repr(shown)
+    assert "\\x1b[2J" in shown and "[red]x[/red]" in shown and shown.count("\n") == 2, repr(shown)

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 
 LEAVES = ("kit.config", "kit.data", "kit.plan", "kit.families", "kit.report", "kit.plots", "kit.cli",
-          "kit.recipe", "kit.ranks", "kit.checks", "kit.metrics", "kit.choice")
+          "kit.recipe", "kit.ranks", "kit.checks", "kit.metrics", "kit.choice", "kit.serve", "kit.multi")
 HEAVY = ("torch", "unsloth", "transformers")
 
 
@@ -111,7 +111,8 @@ def test_leaves_import_no_stage():
     graph = import_graph(kit_modules())
     stages = {"kit.models", "kit.device", "kit.choice", "kit.memory", "kit.gpus", "kit.runplan",
               "kit.showplan", "kit.train", "kit.evaluate", "kit.export", "kit.gguf", "kit.hub",
-              "kit.checkpoints", "kit.classify", "kit.code", "kit.verify", "kit.embedded", "kit.preflight"}
+              "kit.checkpoints", "kit.classify", "kit.code", "kit.verify", "kit.embedded", "kit.preflight",
+              "kit.multi", "kit.serve"}
     assert stages <= set(graph), sorted(stages - set(graph))
     for leaf in ("kit.config", "kit.data", "kit.plan", "kit.families", "kit.report", "kit.plots"):
         assert not graph[leaf] & stages, f"{leaf} imports {sorted(graph[leaf] & stages)}"

@@ -298,6 +298,8 @@ SMALL = {
     "chat": {"eval_samples": 2, "max_new_tokens": 8},
     "classification": {"max_seq_length": 128},
     "code": {"eval": "heldout", "eval_limit": 2, "max_new_tokens": 16},
+    "dpo": {"eval_samples": 2, "max_new_tokens": 8},
+    "grpo": {"eval_limit": 2, "batch_size": 4, "num_generations": 2, "max_completion_length": 48},
 }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from conftest import ROOT, packaged_copy
 
-RECIPES = ("chat", "classification", "code", "fim")
+RECIPES = ("chat", "classification", "code", "dpo", "fim", "grpo")
 VERSION = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.M)[1]
 
 
@@ -45,9 +45,10 @@ def test_installed_copy_is_the_one_imported(installed_kit, tmp_path):
 def test_python_m_kit_lists_the_recipes(installed_kit, tmp_path):
     proc = installed_kit.kit(cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    listed = [line.split()[0] for line in proc.stdout.split("recipes:")[1].splitlines()
-              if line.startswith("  ")]
+    recipes, commands = proc.stdout.split("recipes:")[1].split("commands:")
+    listed = [line.split()[0] for line in recipes.splitlines() if line.startswith("  ")]
     assert listed == list(RECIPES)
+    assert [line.split()[0] for line in commands.splitlines() if line.startswith("  ")] == ["serve"]
     bad = installed_kit.kit("nope", cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and "error: no recipe 'nope'; have: chat, classification, code" in bad.stderr
     script = installed_kit.site / "bin" / "kit"  # the console script pip wrote
@@ -66,7 +67,7 @@ def test_python_m_kit_recipe_help(installed_kit, tmp_path):
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
         title = {"chat": "ChatConfig", "classification": "ClassificationConfig", "code": "CodeConfig",
-                 "fim": "FimConfig"}[recipe]
+                 "dpo": "DpoConfig", "fim": "FimConfig", "grpo": "GrpoRecipeConfig"}[recipe]
         assert f"{title}: key=value overrides" in out and "max_steps" in out and "lora.r" in out
 
 
