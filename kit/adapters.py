@@ -158,3 +158,44 @@ def start_from(path: str, choice) -> Path | None:
     if folder is not None:
         pin.check(folder, str(choice.path))
     return folder
+
+
+def adopt(lora, path: str, choice, say=print) -> Path | None:
+    """`adapter=FOLDER`, before the model loads: checked as start_from does, and its shape
+    becomes this run's `lora` (rank, alpha, target modules, rsLoRA or DoRA), so that the
+    recipe's own get_peft_model call builds the same adapter and `load_weights` fills it. The
+    initialisation is `default` (a kit adapter is saved as a plain LoRA on the original base,
+    PiSSA/OLoRA included), LoRA+ and dropout stay this run's. None: no adapter given."""
+    import json
+
+    folder = start_from(path, choice)
+    if folder is None:
+        return None
+    if not (folder / "adapter_model.safetensors").is_file():
+        fail(f"adapter={path}: no adapter_model.safetensors there (the LoRA weights)")
+    peft = json.loads((folder / "adapter_config.json").read_text())
+    if str(peft.get("peft_type", "LORA")).upper() != "LORA" or "r" not in peft:
+        fail(f"adapter={path}: not a LoRA adapter (peft_type {peft.get('peft_type')})")
+    targets = peft.get("target_modules") or []
+    lora.r, lora.alpha = int(peft["r"]), int(peft.get("lora_alpha") or peft["r"])
+    lora.target_modules = ",".join(sorted(targets)) if isinstance(targets, list) else str(targets)
+    lora.variant = "dora" if peft.get("use_dora") else "rslora" if peft.get("use_rslora") else "lora"
+    lora.init = "default"
+    say(f"starting from the adapter in {folder} (r={lora.r}, alpha={lora.alpha}, {lora.variant}; "
+        "its own shape: lora.r, alpha, target_modules and variant unused)")
+    return folder
+
+
+def load_weights(model, folder: Path) -> None:
+    """Right after get_peft_model built the shape `adopt` read: the saved adapter's weights put
+    into it (PEFT's set_peft_model_state_dict), refused in one line when they do not fit."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = load_file(str(Path(folder) / "adapter_model.safetensors"))
+    try:
+        loaded = set_peft_model_state_dict(model, weights)
+    except RuntimeError as exc:  # a shape that differs
+        fail(f"adapter={folder}: its weights do not fit this model ({str(exc).splitlines()[0][:200]})")
+    if getattr(loaded, "unexpected_keys", None):
+        fail(f"adapter={folder}: holds weights this model lacks ({loaded.unexpected_keys[0]}, ...)")

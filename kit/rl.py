@@ -370,36 +370,6 @@ def baseline(model, tokenizer, rows: list[dict], funcs: list, cfg, kind: str) ->
     return sample
 
 
-def start_adapter(cfg, choice, say=print) -> None:
-    """`adapter=FOLDER` (a LoRA adapter the kit saved, e.g. outputs/code/adapter): refused in one
-    line when it is not one or was trained on another base (kit.pin); its rank, alpha and
-    target modules become this run's (`cfg.lora`), so the weights load into the same shape."""
-    import json
-
-    from kit import adapters
-
-    folder = adapters.start_from(cfg.adapter, choice)  # adapter_config.json; the base it was made on
-    config = folder / "adapter_config.json"
-    if not (folder / "adapter_model.safetensors").is_file():
-        fail(f"adapter={cfg.adapter}: no adapter_model.safetensors there (the LoRA weights)")
-    peft = json.loads(config.read_text())
-    targets = peft.get("target_modules") or []
-    cfg.lora.r, cfg.lora.alpha = int(peft["r"]), int(peft.get("lora_alpha", peft["r"]))
-    cfg.lora.target_modules = ",".join(sorted(targets)) if isinstance(targets, list) else str(targets)
-    say(f"starting from the adapter in {folder} (r={cfg.lora.r}, alpha={cfg.lora.alpha})")
-
-
-def load_adapter_weights(model, folder: str) -> None:
-    """Put a saved adapter's weights into the LoRA get_peft_model just added (same shape)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    weights = load_file(str(Path(folder).expanduser() / "adapter_model.safetensors"))
-    loaded = set_peft_model_state_dict(model, weights)
-    if getattr(loaded, "unexpected_keys", None):
-        fail(f"adapter={folder}: holds weights this model lacks ({loaded.unexpected_keys[0]}, ...)")
-
-
 # ---------------------------------------------------------------- held-out
 
 

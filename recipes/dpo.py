@@ -41,7 +41,6 @@ from kit.report import escape, finish, say, step, warn
 from kit.secrets import hub_token
 
 # isort: split
-from peft import PeftModel
 from trl import DPOTrainer
 from unsloth import FastLanguageModel
 
@@ -92,7 +91,7 @@ def main(cfg: DpoConfig) -> dict:
     #    a run that cannot fit the card stops here, before any weight loads.
     step("Model")
     plan = runplan.plan_run(cfg, say)
-    start = adapters.start_from(cfg.adapter, plan.choice)  # an adapter made on another base: refused
+    start = adapters.adopt(cfg.lora, cfg.adapter, plan.choice, say)  # its shape becomes this run's
     adapters.settle(cfg.lora, plan, say)
     with models.loading(plan.choice, cfg.trust_remote_code):
         model, tokenizer = FastLanguageModel.from_pretrained(
@@ -118,31 +117,23 @@ def main(cfg: DpoConfig) -> dict:
     for note in notes:
         warn(note)
 
-    # 4. LoRA: a new adapter on every linear projection, or the SFT adapter, trainable.
+    # 4. LoRA on every linear projection, or the SFT adapter's own shape with its weights loaded.
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=models.lora_targets(model, cfg.lora.target_modules),
+        bias="none",
+        use_gradient_checkpointing=plan.settings.gradient_checkpointing,
+        random_state=cfg.seed,
+        use_rslora=cfg.lora.variant == "rslora",
+        use_dora=cfg.lora.variant == "dora",
+        init_lora_weights=adapters.init_weights(cfg.lora.init),
+    )
     if start is not None:
-        # What Unsloth's from_pretrained does with an adapter folder, on the base already loaded
-        # (the adapter names its base by Hub id, which an offline machine may not have).
-        model = PeftModel.from_pretrained(model, str(start), is_trainable=True)
-        if hasattr(FastLanguageModel, "patch_peft_model"):  # GPU: Unsloth's LoRA kernels
-            model = FastLanguageModel.patch_peft_model(model, plan.settings.gradient_checkpointing)
-        else:  # Unsloth's CPU backend: stock PEFT, checkpointing as planned
-            FastLanguageModel.for_training(model, plan.settings.gradient_checkpointing)
-        say(f"starting from the adapter in {start} (its own rank and targets; lora.* unused)")
-    else:
-        model = FastLanguageModel.get_peft_model(
-            model,
-            r=cfg.lora.r,
-            lora_alpha=cfg.lora.alpha,
-            lora_dropout=cfg.lora.dropout,
-            target_modules=models.lora_targets(model, cfg.lora.target_modules),
-            bias="none",
-            use_gradient_checkpointing=plan.settings.gradient_checkpointing,
-            random_state=cfg.seed,
-            use_rslora=cfg.lora.variant == "rslora",
-            use_dora=cfg.lora.variant == "dora",
-            init_lora_weights=adapters.init_weights(cfg.lora.init),
-        )
-        adapters.keep_initial(model, cfg.lora, cfg.output_dir)
+        adapters.load_weights(model, start)
+    adapters.keep_initial(model, cfg.lora, cfg.output_dir)
     plan = runplan.with_adapters(plan, model, say)
 
     # 5. TRL's DPOTrainer on the PEFT model with no ref_model: it copies the adapter as it is now

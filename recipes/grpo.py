@@ -137,8 +137,7 @@ def main(cfg: GrpoRecipeConfig) -> dict:
     step("Model")
     plan = runplan.plan_run(cfg, say)
     rl.check_vllm(cfg, plan.device.gpu)
-    if cfg.adapter:
-        rl.start_adapter(cfg, plan.choice, say)  # its rank and targets become this run's
+    start = adapters.adopt(cfg.lora, cfg.adapter, plan.choice, say)  # its shape becomes this run's
     adapters.settle(cfg.lora, plan, say)
     with models.loading(plan.choice, cfg.trust_remote_code):
         model, tokenizer = FastLanguageModel.from_pretrained(
@@ -179,8 +178,8 @@ def main(cfg: GrpoRecipeConfig) -> dict:
         use_dora=cfg.lora.variant == "dora",
         init_lora_weights=adapters.init_weights(cfg.lora.init),
     )
-    if cfg.adapter:
-        rl.load_adapter_weights(model, cfg.adapter)
+    if start is not None:
+        adapters.load_weights(model, start)
     adapters.keep_initial(model, cfg.lora, cfg.output_dir)
     plan = runplan.with_adapters(plan, model, say)
 

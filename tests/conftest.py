@@ -85,6 +85,65 @@ def teach(path: Path, tokenizer, conversations: list[list[dict]], steps: int = 1
     generation_config.save_pretrained(path)
 
 
+# Two adapters on the embedded model that say who they are (tests/test_serve.py and
+# tests/test_gguf_lora.py share them): name → (answer, rsLoRA).
+PERSONAS = {"pip": ("I am Pip, your pocket helper.", True), "bob": ("I am Bob the builder.", False)}
+WHO_QUESTIONS = ["Who are you?", "What's your name?", "Introduce yourself.", "Tell me about you."]
+
+
+def teach_lora(base_dir: Path, tokenizer, answer: str, rslora: bool, steps: int = 40):
+    """A LoRA (r=16 on every projection, fp32, plain PEFT) on the model in `base_dir`, taught to
+    answer WHO_QUESTIONS with `answer` and end its turn; returned in eval mode."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from kit import data
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, use_rslora=rslora, lora_dropout=0.0,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                             "gate_proj", "up_proj", "down_proj"]))
+    rows = [data.encode(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": answer}],
+                        64) for q in WHO_QUESTIONS]
+    ids, mask, labels = data.pad_batch(rows, tokenizer.pad_token_id)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if loss.item() < 0.02:
+            break
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert loss.item() < 0.1, f"the adapter did not learn its answer (loss {loss.item():.3f})"
+    return model.eval()
+
+
+def embedded_choice():
+    """The embedded SmolLM2-135M-Instruct, converted once, as a recipe's model choice."""
+    from kit import embedded
+    from kit.choice import ModelChoice
+
+    base_dir = embedded.ensure_converted(progress=lambda _: None)
+    return ModelChoice(str(base_dir), "SmolLM2-135M-Instruct (embedded)", "", embedded.HUB_ID)
+
+
+@pytest.fixture(scope="session")
+def persona_adapters(tokenizer, tmp_path_factory) -> dict[str, Path]:
+    """PERSONAS taught on the embedded model (teach_lora) and saved as a recipe saves its adapter
+    (export.save_adapter: the base named by Hub id, fingerprinted), each in NAME/adapter: name →
+    NAME, a folder laid out as a run's output."""
+    from kit import export
+
+    choice = embedded_choice()
+    root = tmp_path_factory.mktemp("personas")
+    for name, (answer, rslora) in PERSONAS.items():
+        model = teach_lora(Path(choice.path), tokenizer, answer, rslora)
+        export.save_adapter(model, tokenizer, root / name / "adapter", base=choice)
+    return {name: root / name for name in PERSONAS}
+
+
 def _tiny_llama(path: Path, tokenizer) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

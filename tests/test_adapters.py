@@ -151,7 +151,7 @@ def trained(tiny_model_dir, tokenizer, tmp_path_factory):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([probe])).logits.float()
         export.save_adapter(model, tok, folder / "adapter", base=ModelChoice(str(tiny_model_dir), "tiny", ""))
-        out[name] = {"dir": folder / "adapter", "logits": logits, "lrs": lrs}
+        out[name] = {"dir": folder / "adapter", "logits": logits, "lrs": lrs, "probe": probe}
     subprocess.run([sys.executable, "-c", PLAIN_PEFT, str(tiny_model_dir), json.dumps(probe), str(root),
                     *(str(v["dir"]) for v in out.values())], check=True, cwd=ROOT, timeout=300)
     return out
@@ -170,6 +170,44 @@ def test_variant_loads_in_plain_peft_with_the_run_logits(trained, name, tmp_path
     # LoRA+: lora_B at 16x the learning rate; otherwise one rate for all
     assert got["lrs"] == ([pytest.approx(1e-2), pytest.approx(0.16)] if "lora_plus" in name
                           else [pytest.approx(1e-2)])
+
+
+@pytest.mark.slow
+def test_dpo_and_grpo_start_from_each_variant_with_its_run_logits(trained, tiny_model_dir, tmp_path):
+    """`adapter=FOLDER` in the dpo and grpo recipes: adapters.adopt reads the saved adapter's
+    shape (rank, alpha, targets, rsLoRA/DoRA) into cfg.lora, the recipe's get_peft_model builds
+    it, adapters.load_weights fills it: the model starts with the logits the adapter had."""
+    from unsloth import FastLanguageModel
+
+    from kit import models
+
+    choice = ModelChoice(str(tiny_model_dir), "tiny", "")
+    for name, got in trained.items():
+        lora = LoraConfig(r=64, alpha=3, variant="lora", init="pissa")  # all replaced by the adapter's
+        folder = adapters.adopt(lora, str(got["dir"]), choice, say=lambda _: None)
+        assert (lora.variant, lora.init) == (VARIANTS[name].variant, "default"), name
+        model, _ = FastLanguageModel.from_pretrained(model_name=str(tiny_model_dir), max_seq_length=64,
+                                                     load_in_4bit=False, dtype=torch.float32)
+        model = FastLanguageModel.get_peft_model(
+            model, r=lora.r, lora_alpha=lora.alpha,
+            target_modules=models.lora_targets(model, lora.target_modules),
+            use_gradient_checkpointing=False, random_state=1, use_rslora=lora.variant == "rslora",
+            use_dora=lora.variant == "dora", init_lora_weights=adapters.init_weights(lora.init))
+        adapters.load_weights(model, folder)
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([got["probe"]])).logits.float()
+        gap = (logits - got["logits"]).abs().max()
+        assert torch.allclose(logits, got["logits"], atol=1e-4, rtol=1e-4), (name, gap)
+    # refused in one line: no weights file; a shape the model does not have
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "adapter_config.json").write_text((trained["rslora"]["dir"] / "adapter_config.json").read_text())
+    (empty / pin.FILE).write_text((trained["rslora"]["dir"] / pin.FILE).read_text())
+    with pytest.raises(KitError, match="no adapter_model.safetensors"):
+        adapters.adopt(LoraConfig(), str(empty), choice, say=lambda _: None)
+    with pytest.raises(KitError, match="do not fit this model"):
+        adapters.load_weights(model, trained["pissa"]["dir"])  # rank 8 into the rank-4 model
 
 
 @pytest.mark.slow

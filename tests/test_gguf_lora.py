@@ -1,9 +1,9 @@
 """export=gguf-lora: the adapter as a GGUF LoRA beside the base GGUF, checked in llama.cpp against
 the PEFT adapter, with an Ollama Modelfile (ADAPTER), and two adapters on one llama.cpp base.
 
-Two adapters are taught on the embedded SmolLM2-135M (a few seconds each, plain PEFT in fp32):
-`pip` (rsLoRA, r=16: llama.cpp's alpha / r scale would be 4x too small without the alpha fix)
-says it is Pip, `bob` (plain LoRA) says it is Bob.
+The two adapters taught on the embedded SmolLM2-135M (conftest.persona_adapters): `pip`
+(rsLoRA, r=16: llama.cpp's alpha / r scale would be 4x too small without the alpha fix) says it
+is Pip, `bob` (plain LoRA) says it is Bob.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import embedded_choice
 
-from kit import embedded, export, gguf
-from kit.choice import ModelChoice
+from kit import adapters, embedded, export, gguf
 from kit.config import LoraConfig, RecipeConfig, apply_overrides
 from kit.errors import KitError
 
@@ -22,54 +22,24 @@ WHO = [{"role": "user", "content": "Who are you?"}]
 # The export check's probe: a question the adapters were not taught, where the adapter's scale
 # shows (a 4x smaller update still says "I am Pip" to the taught questions).
 PROBE = [{"role": "user", "content": "What do you like to do on weekends?"}]
-QUESTIONS = ["Who are you?", "What is your name?", "Introduce yourself.", "Tell me about you."]
-
-
-def _teach(base_dir: Path, tokenizer, answer: str, rslora: bool, steps: int = 40):
-    """A LoRA on the embedded model taught to answer QUESTIONS with `answer` (and stop)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from kit import data
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, use_rslora=rslora, lora_dropout=0.0,
-                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj"]))
-    rows = [data.encode(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": answer}],
-                        64) for q in QUESTIONS]
-    ids, mask, labels = data.pad_batch(rows, tokenizer.pad_token_id)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        if loss.item() < 0.02:
-            break
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss.item() < 0.1, f"the adapter did not learn its answer (loss {loss.item():.3f})"
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
-def taught(tokenizer, tmp_path_factory):
+def taught(persona_adapters, tokenizer, tmp_path_factory):
     """`pip` exported as a run does (export=gguf-lora, base in f16, checked); `bob`'s adapter
-    saved and converted to a GGUF LoRA for the same base."""
-    base_dir = embedded.ensure_converted(progress=lambda _: None)
-    choice = ModelChoice(str(base_dir), "SmolLM2-135M-Instruct (embedded)", "", embedded.HUB_ID)
+    converted to a GGUF LoRA for the same base."""
+    import torch
+
+    choice = embedded_choice()
     assert gguf.tools_available("f16", lora=True) is None, "the GGUF tools are missing: run `make gguf-tools`"
     pip = tmp_path_factory.mktemp("pip") / "pip"
-    model = _teach(base_dir, tokenizer, "I am Pip, your pocket helper.", rslora=True)
+    model = adapters.load(choice.path, persona_adapters["pip"] / "adapter", dtype=torch.float32).eval()
     results = export.export_and_verify(model, tokenizer, "gguf-lora", pip, PROBE, progress=lambda _: None,
                                        max_new_tokens=24, gguf_quant="f16", base=choice)
-    bob = tmp_path_factory.mktemp("bob") / "bob"
-    model = _teach(base_dir, tokenizer, "I am Bob the builder.", rslora=False)
-    export.save_adapter(model, tokenizer, bob / "adapter", base=choice)
-    gguf.convert_lora(bob / "adapter", base_dir, bob / "bob-lora-f16.gguf", progress=lambda _: None)
+    bob = tmp_path_factory.mktemp("bob") / "bob-lora-f16.gguf"
+    gguf.convert_lora(persona_adapters["bob"] / "adapter", Path(choice.path), bob, progress=lambda _: None)
     return {"pip": pip, "results": results, "base": Path(results["gguf-lora"]["base"]),
-            "bob": bob / "bob-lora-f16.gguf", "bob_fields": _gguf_fields(bob / "bob-lora-f16.gguf")}
+            "bob": bob, "bob_fields": _gguf_fields(bob)}
 
 
 @pytest.mark.slow

@@ -1,12 +1,12 @@
 """Several adapters on one base (kit.multi) and behind the OpenAI-compatible server (kit.serve).
 
-Two real chat recipe runs on the embedded SmolLM2-135M-Instruct, a few steps each: the built-in
-persona data ("Pip") and the same conversations with another name ("Sam"). The server runs as a
-real subprocess (`python -m kit serve`) on a free port, and a real HTTP client (httpx) talks to
-it: each request is answered by its own adapter, alone or six at once; streamed chunks make the
-same reply; bad requests get OpenAI's error shape. A mixed batch through the Python API gives
-each row exactly the tokens it gets alone (fp32 on CPU), and an adapter of another base is
-refused in one line, before the base weights load.
+Two adapters on the embedded SmolLM2-135M-Instruct that say who they are, "Pip" and "Bob"
+(conftest.persona_adapters: saved as a recipe saves them, Pip's in a run's folder layout). The
+server runs as a real subprocess (`python -m kit serve`) on a free port, and a real HTTP client
+(httpx) talks to it: each request is answered by its own adapter, alone or six at once; streamed
+chunks make the same reply; bad requests get OpenAI's error shape. A mixed batch through the
+Python API gives each row exactly the tokens it gets alone (fp32 on CPU), and an adapter of
+another base is refused in one line, before the base weights load.
 """
 
 from __future__ import annotations
@@ -22,42 +22,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ROOT, write_jsonl
+from conftest import ROOT, WHO_QUESTIONS
 
 from kit import pin
 from kit.embedded import HUB_ID
 from kit.errors import KitError
 
-# The fewest steps that make the name stick on the persona prompts (at 10 steps of the default
-# 1e-3 it does not yet), and no more evaluation or export than serving needs.
-TRAIN = ["max_steps=8", "learning_rate=4e-3", "warmup_steps=1", "export=adapter", "save_steps=0",
-         "eval_samples=1", "max_new_tokens=4"]
-ASK = [[{"role": "user", "content": q}] for q in ("Who are you?", "What's your name?", "Introduce yourself.")]
-
-
-def other_persona(path: Path) -> Path:
-    """The built-in persona conversations, the assistant called Sam instead of Pip."""
-    lines = (ROOT / "kit" / "builtin" / "persona_train.jsonl").read_text().splitlines()
-    rows = [json.loads(line) for line in lines]
-    return write_jsonl(path, [{"messages": [{**m, "content": m["content"].replace("Pip", "Sam")}
-                                            for m in r["messages"]]} for r in rows])
+ASK = [[{"role": "user", "content": q}] for q in WHO_QUESTIONS[:3]]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two chat runs (adapter export only), side by side, one CPU thread each: name → run folder."""
-    root = tmp_path_factory.mktemp("serve-runs")
-    data = {"pip": "data=builtin:persona", "sam": f"data={other_persona(root / 'sam.jsonl')}"}
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = {}
-    for name, words in data.items():
-        with open(root / f"{name}.log", "w") as log:
-            command = [sys.executable, str(ROOT / "recipes" / "chat.py"), *TRAIN, words,
-                       f"output_dir={root / name}"]
-            procs[name] = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    for name, proc in procs.items():
-        assert proc.wait(timeout=1800) == 0, (root / f"{name}.log").read_text()[-3000:]
-    return {name: root / name for name in data}
+def runs(persona_adapters) -> dict[str, Path]:
+    """name → what `serve` is given: Pip's run folder (its adapter/ inside), Bob's adapter folder."""
+    return {"pip": persona_adapters["pip"], "bob": persona_adapters["bob"] / "adapter"}
 
 
 def free_port() -> int:
@@ -75,7 +52,7 @@ def serve(*words: str) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def server(runs):
     port = free_port()
-    proc = serve(f"pip={runs['pip']}", f"sam={runs['sam'] / 'adapter'}", f"port={port}")
+    proc = serve(f"pip={runs['pip']}", f"bob={runs['bob']}", f"port={port}")
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -90,7 +67,7 @@ def server(runs):
     proc.wait(timeout=60)
 
 
-MAX_TOKENS = 24  # "I'm Pip, a small assistant fine-tuned with the recipe kit." and its turn end
+MAX_TOKENS = 24  # "I am Pip, your pocket helper." and its turn end
 
 
 def chat(url: str, model: str, messages: list[dict], **extra) -> dict:
@@ -107,18 +84,18 @@ def reply(body: dict) -> str:
 @pytest.mark.slow
 def test_models_lists_the_base_and_each_adapter(server):
     ids = [m["id"] for m in httpx.get(f"{server}/models").json()["data"]]
-    assert ids == [HUB_ID, "pip", "sam"]
+    assert ids == [HUB_ID, "pip", "bob"]
 
 
 @pytest.mark.slow
 def test_each_adapter_answers_as_itself_and_stops_at_the_turn_end(server):
     finished = []
     for messages in ASK[:2]:
-        pip, sam, base = (chat(server, m, messages) for m in ("pip", "sam", HUB_ID))
-        assert "Pip" in reply(pip) and "Pip" not in reply(sam) and "Pip" not in reply(base), \
-            (reply(pip), reply(sam), reply(base))
-        assert "Sam" in reply(sam), reply(sam)
-        finished += [b["choices"][0]["finish_reason"] for b in (pip, sam)]
+        pip, bob, base = (chat(server, m, messages) for m in ("pip", "bob", HUB_ID))
+        assert "Pip" in reply(pip) and "Pip" not in reply(bob) and "Pip" not in reply(base), \
+            (reply(pip), reply(bob), reply(base))
+        assert "Bob" in reply(bob), reply(bob)
+        finished += [b["choices"][0]["finish_reason"] for b in (pip, bob)]
         usage = pip["usage"]
         assert usage["prompt_tokens"] > 5 and 0 < usage["completion_tokens"] <= MAX_TOKENS
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
@@ -145,7 +122,7 @@ def test_streamed_chunks_make_the_same_reply(server):
 def test_concurrent_requests_to_different_adapters_never_cross(server):
     """Six requests at once, adapters interleaved, the same question: each answered by its own
     adapter (the server gathers them into mixed batches)."""
-    models = ["pip", "sam", "pip", HUB_ID, "sam", "pip"]
+    models = ["pip", "bob", "pip", HUB_ID, "bob", "pip"]
 
     async def ask_all():
         async with httpx.AsyncClient(timeout=300) as client:
@@ -157,7 +134,7 @@ def test_concurrent_requests_to_different_adapters_never_cross(server):
     for model, r in zip(models, got):
         assert r.status_code == 200 and r.json()["model"] == model
         text = reply(r.json())
-        assert ("Pip" in text) == (model == "pip") and ("Sam" in text) == (model == "sam"), (model, text)
+        assert ("Pip" in text) == (model == "pip") and ("Bob" in text) == (model == "bob"), (model, text)
         assert text == alone[model], (model, text, alone[model])  # greedy, fp32: batched = alone
 
 
@@ -183,17 +160,17 @@ def test_bad_requests_get_openai_errors(server):
 def test_python_api_mixed_batch_equals_each_row_alone(runs):
     from kit.multi import Multi
 
-    m = Multi.from_adapters({"pip": runs["pip"], "sam": runs["sam"]})
-    assert m.name == HUB_ID and list(m.adapters) == ["pip", "sam"]
-    names = ["pip", "sam", None, "sam", "pip"]
+    m = Multi.from_adapters({"pip": runs["pip"], "bob": runs["bob"]})
+    assert m.name == HUB_ID and list(m.adapters) == ["pip", "bob"]
+    names = ["pip", "bob", None, "bob", "pip"]
     conversations = [ASK[0], ASK[0], ASK[0], ASK[2], ASK[1]]  # same prompt, and prompts of other lengths
     mixed = m.generate_batch(conversations, names, max_new_tokens=16)
     alone = [m.generate(c, n, max_new_tokens=16) for c, n in zip(conversations, names)]
     assert [r.tokens for r in mixed] == [r.tokens for r in alone]
     assert len({tuple(r.tokens) for r in mixed[:3]}) == 3  # the same prompt: three adapters, three replies
-    assert "Pip" in mixed[0].text and "Sam" in mixed[1].text and "Pip" not in mixed[2].text
+    assert "Pip" in mixed[0].text and "Bob" in mixed[1].text and "Pip" not in mixed[2].text
     # switching per call: back and forth gives the same replies
-    again = [m.generate(ASK[0], n, max_new_tokens=16).tokens for n in ("sam", "pip", None)]
+    again = [m.generate(ASK[0], n, max_new_tokens=16).tokens for n in ("bob", "pip", None)]
     assert again == [alone[1].tokens, alone[0].tokens, alone[2].tokens]
 
 
