@@ -282,11 +282,30 @@ def check_groups(cfg) -> str:
     if cfg.generation_batch_size and cfg.generation_batch_size % batch:
         fail(f"generation_batch_size={gen} is not a multiple of batch_size={batch} (one generation "
              "feeds whole optimizer steps)")
+    if cfg.max_completion_length < 0:
+        fail(f"max_completion_length={cfg.max_completion_length}: use a positive number, or 0 for "
+             "the default by the data's kind")
     if cfg.max_completion_length >= cfg.max_seq_length:
         fail(f"max_completion_length={cfg.max_completion_length} leaves no room for the prompt in "
              f"max_seq_length={cfg.max_seq_length}")
     return (f"{gen // g} prompts × {g} completions per generation; {batch} completions per "
             f"optimizer step")
+
+
+# max_completion_length=0, by the data's kind: a number's reply is short, a code reply is a
+# whole function in a fenced block (the code recipe's held-out replies run 60-200 tokens).
+AUTO_COMPLETION = {"answer": 32, "code": 256, "custom": 128}
+
+
+def completion_length(cfg, kind: str) -> int:
+    """max_completion_length, or with 0 the one for this kind of data, checked against
+    max_seq_length."""
+    length = cfg.max_completion_length or AUTO_COMPLETION[kind]
+    if length >= cfg.max_seq_length:
+        fail(f"max_completion_length={length} (the default for {kind} data) leaves no room for "
+             f"the prompt in max_seq_length={cfg.max_seq_length}: raise max_seq_length or set "
+             "max_completion_length")
+    return length
 
 
 def check_vllm(cfg, gpu: bool) -> None:

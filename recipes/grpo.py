@@ -63,8 +63,10 @@ class GrpoRecipeConfig(RecipeConfig):
     generation_batch_size: int = 0
     """Completions generated at once (a multiple of batch_size and num_generations); 0: batch_size,
     one generation per optimizer step."""
-    max_completion_length: int = 32
-    """Longest sampled completion, in tokens; one cut there is left out of the loss."""
+    max_completion_length: int = 0
+    """Longest sampled completion, in tokens; one cut there is left out of the loss. 0: by the
+    data's kind, 32 for `answer` data (short replies), 256 for `tests` (a whole function in a
+    code block), 128 otherwise."""
     temperature: float = 0.7
     """Sampling temperature for the completions (and the baseline sample). At 1.0 the small
     models' replies ramble and are rarely right: no reward to learn from."""
@@ -119,6 +121,7 @@ def main(cfg: GrpoRecipeConfig) -> dict:
     if cfg.eval_limit:
         prompts.test = prompts.test[: cfg.eval_limit]
     rewards = rl.load_rewards(cfg, prompts)
+    cfg.max_completion_length = rl.completion_length(cfg, prompts.kind)
     say(f"{cfg.data}: {len(prompts.train)} training / {len(prompts.test)} held-out prompts; "
         f"columns {', '.join(prompts.columns) or 'none'}; rewards: "
         f"{', '.join(rl.name_of(f) for f in rewards)}")
