@@ -63,8 +63,9 @@ class DpoConfig(RecipeConfig):
     max_new_tokens: int = 48
     """Longest generated reply during evaluation."""
     adapter: str = ""
-    """Start from this LoRA adapter (e.g. outputs/chat/adapter), trained further; the reference is
-    then the model with it. Empty: a new adapter (`lora.*`), and the base is the reference."""
+    """Start from this LoRA adapter (e.g. outputs/chat/adapter), trained further (its r, alpha,
+    targets and variant kept); the reference is then the model with it. Empty: a new adapter
+    (`lora.*`), and the base is the reference."""
     beta: float = 0.1
     """DPO's beta: how far the policy may move from the reference (higher: less)."""
     loss_type: str = "sigmoid,sft"

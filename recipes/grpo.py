@@ -84,7 +84,7 @@ class GrpoRecipeConfig(RecipeConfig):
     """Divide each advantage by its group's reward spread (group), the batch's, or not (none)."""
     adapter: str = ""
     """Start from this LoRA adapter (e.g. outputs/code/adapter, saved by the code recipe on the
-    same base); its r, alpha and target modules are kept. Empty: a new adapter."""
+    same base); its r, alpha, target modules and variant are kept. Empty: a new adapter."""
     baseline_prompts: int = 4
     """Training prompts sampled before training to check there is something to learn."""
     eval_data: str = ""

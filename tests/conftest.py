@@ -305,3 +305,15 @@ def installed_kit(tmp_path_factory) -> Installed:
     site = root / "site"
     pip("install", "--no-deps", "-q", "--target", str(site), str(wheel))
     return Installed(wheel, site)
+
+
+@pytest.fixture(scope="session")
+def code_run(installed_kit, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The code recipe, 20 steps on the embedded SmolLM2-135M, adapter export only, run from the
+    installed wheel: its output folder and the process. tests/test_recipes.py checks the run;
+    tests/test_grpo.py starts GRPO on code tasks from its adapter."""
+    root = tmp_path_factory.mktemp("code-run")
+    out = root / "code"
+    proc = installed_kit.kit("code", "max_steps=20", "eval_limit=16", "export=adapter", f"output_dir={out}",
+                             cwd=root)
+    return out, proc

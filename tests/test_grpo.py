@@ -97,6 +97,31 @@ def test_grpo_raises_the_reward_on_the_builtin_sums(tmp_path):
     assert after["exact_match"] >= before["exact_match"], (before, after)
 
 
+@pytest.mark.slow
+def test_two_steps_on_code_tasks_from_the_code_recipes_adapter(code_run, tmp_path):
+    """builtin:pytasks, rewarded by running each completion's tests in the sandbox, starting from
+    the code recipe's adapter (the shape and weights it saved; tests/test_adapters.py shows the
+    model starts with that adapter's logits): completions long enough for a function (the
+    default max_completion_length for `tests` data), something to learn in the baseline sample,
+    the held-out pass@1 before and after, and the trained adapter saved."""
+    code_out, code_proc = code_run
+    assert code_proc.returncode == 0, code_proc.stderr[-3000:]
+    out = tmp_path / "out"
+    proc = run_recipe("grpo", "data=builtin:pytasks", f"adapter={code_out / 'adapter'}", "max_steps=2",
+                      "eval_limit=4", "batch_size=4", "num_generations=4", "export=adapter", "save_steps=0",
+                      f"output_dir={out}", timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"starting from the adapter in {code_out / 'adapter'} (r=16, alpha=16, lora;" in proc.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["rewards"] == ["code_reward", "code_format_reward"] and m["train"]["steps"] == 2
+    for when in ("before", "after"):
+        assert {"pass_at_1", "reward/code_reward", "reward/code_format_reward"} <= m[when].keys()
+    # The code recipe's adapter writes a fenced block that parses, and ends it, within 256 tokens.
+    assert m["before"]["reward/code_format_reward"] > 0 and m["baseline"]["truncated"] <= 4, m["baseline"]
+    assert m["baseline"]["groups_with_different_rewards"] >= 1
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
 @pytest.mark.parametrize("args, words", [
     (("batch_size=6", "num_generations=4"),
      ("batch_size=6 does not divide into groups of num_generations=4",)),

@@ -60,10 +60,9 @@ def test_classification_recipe(tmp_path, installed_kit):
 
 
 @pytest.mark.slow
-def test_code_recipe(tmp_path, installed_kit):
-    out = tmp_path / "code"
-    m = finished(installed_kit.kit("code", "max_steps=20", "eval_limit=16", "export=adapter",
-                                   f"output_dir={out}", cwd=tmp_path), out)
+def test_code_recipe(code_run):
+    out, proc = code_run  # conftest: 20 steps, eval_limit=16, export=adapter
+    m = finished(proc, out)
     before, after = m["before"], m["after"]
     assert before["problems"] == after["problems"] == 16
     # The run must have learned: more held-out problems pass after training than before (the
