@@ -28,10 +28,18 @@ DORA_GGUF_LORA = ("export=gguf-lora with lora.variant=dora: a llama.cpp LoRA ada
                   "a different model; use export=gguf (DoRA merged into the weights) or "
                   "lora.variant=lora|rslora")
 
+LORA_TYPE = "f16"  # the GGUF adapter's tensors (the converter's choices: f32, f16, bf16, q8_0)
+
+
+def lora_gguf_name(name: str) -> str:
+    """The GGUF adapter's file name in gguf-lora/ (kit.gguf writes it, kit.hub pushes it)."""
+    return f"{name}-lora-{LORA_TYPE}.gguf"
+
+
 # ---------------------------------------------------------------- the Hub (kit.hub)
 
 # Each export kind's repository: `push=user/repo` puts the merged model in `user/repo-merged`.
-SUFFIX = {"adapter": "", "merged": "-merged", "gguf": "-GGUF"}
+SUFFIX = {"adapter": "", "merged": "-merged", "gguf": "-GGUF", "gguf-lora": "-LoRA-GGUF"}
 # The Hub's rule for owner and name: letters, digits, '-', '_', '.', starting and ending with a
 # letter or digit, no '--' or '..', at most 96 characters each.
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
@@ -42,9 +50,10 @@ def check_repo(repo: str) -> None:
     if not REPO.match(repo) or "--" in repo or ".." in repo or repo.endswith(".git"):
         fail(f"push={repo!r}: expected a Hub repository as owner/name (letters, digits, '-', '_', '.'), "
              "e.g. push=your-name/smollm2-chat")
-    if len(repo.split("/")[1]) + len(SUFFIX["merged"]) > 96:
-        fail(f"push={repo!r}: the name is too long (at most {96 - len(SUFFIX['merged'])} characters, "
-             "leaving room for the -merged suffix)")
+    longest = max(SUFFIX.values(), key=len)
+    if len(repo.split("/")[1]) + len(longest) > 96:
+        fail(f"push={repo!r}: the name is too long (at most {96 - len(longest)} characters, "
+             f"leaving room for the {longest} suffix)")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

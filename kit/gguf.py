@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kit.checks import BINDING_QUANTS, CONVERT_QUANTS, DORA_GGUF_LORA, QUANTS
+from kit.checks import BINDING_QUANTS, CONVERT_QUANTS, DORA_GGUF_LORA, LORA_TYPE, QUANTS, lora_gguf_name
 from kit.errors import fail
 from kit.families import CHAT_FORMATS
 from kit.proc import check_in_fresh_process, last_error_line
@@ -43,7 +43,6 @@ from kit.proc import check_in_fresh_process, last_error_line
 SETUP_HINT = "run `make gguf-tools` (or `bash scripts/setup_llama.sh`)"
 CONVERTER = "convert_hf_to_gguf.py"
 LORA_CONVERTER = "convert_lora_to_gguf.py"
-LORA_TYPE = "f16"  # the adapter's tensors in the GGUF (the converter's choices: f32, f16, bf16, q8_0)
 
 
 def tools_dir() -> Path:
@@ -224,7 +223,7 @@ def export_gguf_lora(adapter_dir: Path, base_dir: Path, folder: Path, quant: str
     folder = Path(folder)
     start = time.perf_counter()
     # The adapter first: one llama.cpp cannot take fails in seconds, before the base's conversion.
-    adapter = folder / f"{name}-lora-{LORA_TYPE}.gguf"
+    adapter = folder / lora_gguf_name(name)
     convert_lora(adapter_dir, base_dir, adapter, progress)
     base = convert_model(base_dir, folder / f"{base_name}-{quant}.gguf", quant, base_name, progress)
     (folder / "Modelfile").write_text(ollama_modelfile(base, stops, adapter=adapter))

@@ -1,7 +1,8 @@
 """Push a run's exports to the Hugging Face Hub, each with a model card written from metrics.json.
 
-adapter/ → `repo`, merged/ → `repo-merged`, gguf/ → `repo-GGUF`: one repository per kind, so each
-loads with the library it is made for. Each upload is one `create_commit`: the export's files go
+adapter/ → `repo`, merged/ → `repo-merged`, gguf/ → `repo-GGUF`, gguf-lora/ → `repo-LoRA-GGUF`
+(the GGUF adapter alone, not the base GGUF beside it): one repository per kind, so each loads
+with the library it is made for. Each upload is one `create_commit`: the export's files go
 straight from disk, our README.md, metrics.json and (for an adapter) adapter_config.json as bytes.
 The card's metadata, evaluation results included, is written by huggingface_hub's ModelCardData.
 The token is sent only as the HTTP Authorization header: it is never printed, and it is scrubbed
@@ -16,19 +17,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kit.checks import REPO, SUFFIX, check_repo
+from kit.checks import REPO, SUFFIX, check_repo, lora_gguf_name
 from kit.errors import KitError, fail
 from kit.secrets import hub_token, redact
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitOperationAdd, EvalResult, HfApi
 
-KINDS = ("adapter", "merged", "gguf")
-LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf"}
+KINDS = ("adapter", "merged", "gguf", "gguf-lora")
+LIBRARY = {"adapter": "peft", "merged": "transformers", "gguf": "gguf", "gguf-lora": "gguf"}
 WHAT = {"adapter": "LoRA adapter (PEFT)", "merged": "merged 16-bit model",
-        "gguf": "GGUF model for llama.cpp and Ollama"}
+        "gguf": "GGUF model for llama.cpp and Ollama",
+        "gguf-lora": "LoRA adapter as GGUF, for llama.cpp and Ollama on the base model's GGUF"}
 INTRO = {"adapter": "A LoRA adapter (PEFT) for", "merged": "A fine-tune of",
-         "gguf": "A GGUF build (for llama.cpp and Ollama) of a fine-tune of"}
+         "gguf": "A GGUF build (for llama.cpp and Ollama) of a fine-tune of",
+         "gguf-lora": "A LoRA adapter in GGUF (for llama.cpp and Ollama) for"}
+# What each export's check did (kit.export), for the card.
+CHECKED = {"adapter": "loaded in a fresh process with plain peft, answered and stopped at the "
+                      "end-of-turn token",
+           "merged": "loaded in a fresh process with plain transformers, answered and stopped at the "
+                     "end-of-turn token",
+           "gguf": "loaded in llama.cpp, answered through its chat template and stopped at the end of "
+                   "its turn",
+           "gguf-lora": "llama.cpp with this adapter on the base's GGUF gave the PEFT adapter's greedy "
+                        "tokens"}
+# How each recipe trains, for the card's first line and tags.
+METHOD = {"dpo": ("preference tuning with DPO and LoRA", "dpo"),
+          "grpo": ("reinforcement learning from verifiable rewards with GRPO and LoRA", "grpo")}
+SFT = ("supervised fine-tuning with LoRA", "sft")
 PROJECT = "unsloth-recipe-kit"
 # The task a recipe's held-out metrics measure, for the model-index metadata.
 TASK = {"classification": ("text-classification", "Text Classification")}
@@ -121,28 +137,27 @@ def model_card(metrics: dict, kind: str, repo_id: str, *, siblings: dict[str, st
     lora = cfg.get("lora") or {}
     source = data.get("source") or cfg.get("data")  # older metrics.json files only know the source
     recipe = str(metrics.get("recipe", "custom"))
+    method = METHOD.get(recipe, SFT)
     base = _base(metrics)
     on_hub = is_hub_id(base)
     # base_model and datasets must be Hub ids: the Hub rejects a local path in the metadata.
     meta = ModelCardData(
         base_model=base if on_hub else None, datasets=[source] if is_hub_id(source) else None,
         library_name=LIBRARY[kind], license=metrics.get("license"), pipeline_tag="text-generation",
-        tags=[LIBRARY[kind], "unsloth", "trl", "lora", "sft", recipe, PROJECT],
+        tags=list(dict.fromkeys([LIBRARY[kind], "unsloth", "trl", "lora", method[1], recipe, PROJECT])),
         model_name=repo_id, eval_results=_eval_results(metrics, source) or None)
     base_md = f"[{base}](https://huggingface.co/{base})" if on_hub else f"`{base}` (a local model)"
 
     out = [f"# {repo_id.split('/')[1]}", "",
            f"{INTRO[kind]} {base_md}, trained with the **{recipe}** recipe of {PROJECT} "
-           "(Unsloth and TRL: supervised fine-tuning with LoRA).", "",
+           f"(Unsloth and TRL: {method[0]}).", "",
            f"- Base model: {base_md}", f"- This repository: {WHAT[kind]}"]
     out += [f"- Also published: [{rid}](https://huggingface.co/{rid}) ({WHAT[other]})"
             for other, rid in (siblings or {}).items() if rid != repo_id]
     if not on_hub:
         out.append("- Note: the base model is not on the Hub under a known id; load it yourself first.")
     if ((metrics.get("exports") or {}).get(kind) or {}).get("ok"):
-        out.append(f"- Checked after export: loaded in a fresh process with plain "
-                   f"{'peft' if kind == 'adapter' else 'transformers'}, answered and stopped at the "
-                   "end-of-turn token.")
+        out.append(f"- Checked after export: {CHECKED[kind]}.")
     out.append("")
 
     # Results: only the scalar metrics; confusion matrices and label lists live in metrics.json.
@@ -254,6 +269,14 @@ def _how_to_load(metrics: dict, kind: str, repo_id: str, on_hub: bool) -> list[s
     if kind == "gguf":
         return ["With llama.cpp:", "", "```bash", f"llama-cli -hf {repo_id}", "```", "",
                 "With Ollama:", "", "```bash", f"ollama run hf.co/{repo_id}", "```", ""]
+    if kind == "gguf-lora":
+        name = Path(str(((metrics.get("exports") or {}).get(kind) or {}).get("path") or "ADAPTER.gguf")).name
+        return ["This repository holds the adapter only. It needs the base model as a GGUF, converted "
+                "from the exact base it was trained on (llama.cpp's `convert_hf_to_gguf.py`; the run "
+                "wrote one beside the adapter, in `gguf-lora/`).", "",
+                "With llama.cpp:", "", "```bash", f"hf download {repo_id} {name} --local-dir .",
+                f"llama-cli -m BASE.gguf --lora {name} -cnv", "```", "",
+                "With Ollama, a Modelfile:", "", "```", "FROM ./BASE.gguf", f"ADAPTER ./{name}", "```", ""]
     lines: list[str] = []
     if kind == "adapter":
         if on_hub:
@@ -293,6 +316,10 @@ def _operations(folder: Path, kind: str, card: str, metrics_text: str, base: str
     from huggingface_hub import CommitOperationAdd
 
     ours = {"README.md": card, "metrics.json": metrics_text}
+    skip = set()
+    if kind == "gguf-lora":  # the adapter alone: not the base GGUF, nor the Modelfile that names it
+        bases = {f.name for f in folder.glob("*.gguf") if not f.name.endswith(lora_gguf_name(""))}
+        skip = bases | {"Modelfile"}
     config = folder / "adapter_config.json"
     if kind == "adapter" and config.is_file() and is_hub_id(base):
         ours["adapter_config.json"] = json.dumps({**json.loads(config.read_text()),
@@ -301,7 +328,8 @@ def _operations(folder: Path, kind: str, card: str, metrics_text: str, base: str
     for src in sorted(folder.rglob("*")):
         rel = src.relative_to(folder)
         # Dot-named files and folders are temp files and buffers left by writers.
-        if src.is_file() and rel.as_posix() not in ours and not any(p.startswith(".") for p in rel.parts):
+        if (src.is_file() and rel.as_posix() not in ours.keys() | skip
+                and not any(p.startswith(".") for p in rel.parts)):
             ops.append(CommitOperationAdd(path_in_repo=rel.as_posix(), path_or_fileobj=src))
     return ops + [CommitOperationAdd(path_in_repo=name, path_or_fileobj=text.encode())
                   for name, text in ours.items()]
@@ -398,7 +426,8 @@ def push(output_dir: Path, metrics: dict, repo: str, private: bool = False, kind
          progress: Callable[[str], object] = print, api: HfApi | None = None) -> dict[str, str]:
     """Upload the exports in `output_dir` (default: every one present) and return kind → URL.
 
-    adapter → `repo`, merged → `repo-merged`, gguf → `repo-GGUF`; each repository is created if
+    adapter → `repo`, merged → `repo-merged`, gguf → `repo-GGUF`, gguf-lora → `repo-LoRA-GGUF`
+    (the GGUF adapter; the base GGUF stays local); each repository is created if
     needed (`private` only applies to new ones) and gets one commit with a generated README.md
     and metrics.json. `api`: the HfApi to push with (default: one holding the user's token)."""
     output_dir = Path(output_dir)
@@ -406,7 +435,8 @@ def push(output_dir: Path, metrics: dict, repo: str, private: bool = False, kind
     if not kinds:  # None or empty: every export that is there
         kinds = [k for k in KINDS if (output_dir / k).is_dir()]
         if not kinds:
-            fail(f"push={repo}: nothing to push, {output_dir} has no adapter/, merged/ or gguf/ folder")
+            fail(f"push={repo}: nothing to push, {output_dir} has no adapter/, merged/, gguf/ or gguf-lora/ "
+                 "folder")
     for kind in kinds:
         if kind not in KINDS:
             fail(f"push={repo}: unknown export {kind!r}; expected one of {', '.join(KINDS)}")

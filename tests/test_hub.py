@@ -20,7 +20,8 @@ from huggingface_hub.hf_api import RepoUrl
 from huggingface_hub.utils import hf_raise_for_status
 
 from kit import hub
-from kit.errors import run_cli
+from kit.checks import check_repo
+from kit.errors import KitError, run_cli
 
 TOKEN = "hf_fakeTOKEN0123456789abcdefghijklmn"
 BASE = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -252,6 +253,47 @@ def test_push_gguf_public_and_existing_repo(api, export_dir, capsys):
     assert card.data.library_name == "gguf"
     assert f"llama-cli -hf {REPO}-GGUF" in card.text and f"ollama run hf.co/{REPO}-GGUF" in card.text
     _assert_no_token(api, "".join(capsys.readouterr()))
+
+
+def test_push_gguf_lora_uploads_the_adapter_not_the_base(api, export_dir, capsys):
+    """export=gguf-lora leaves the base GGUF, the adapter GGUF and a Modelfile naming the base's
+    file: `repo-LoRA-GGUF` gets the adapter alone, and a card that says how to put it on a base."""
+    folder = export_dir / "gguf-lora"
+    folder.mkdir()
+    (folder / "SmolLM2-135M-Instruct-f16.gguf").write_bytes(b"GGUF" + bytes(400))  # the base: stays local
+    (folder / "run-lora-f16.gguf").write_bytes(b"GGUF" + bytes(100))
+    (folder / "Modelfile").write_text("FROM ./SmolLM2-135M-Instruct-f16.gguf\nADAPTER ./run-lora-f16.gguf\n")
+    metrics = _metrics()
+    metrics["exports"]["gguf-lora"] = {"path": str(folder / "run-lora-f16.gguf"), "ok": True,
+                                       "base": str(folder / "SmolLM2-135M-Instruct-f16.gguf")}
+
+    urls = hub.push(export_dir, metrics, REPO, api=api)
+
+    assert urls["gguf-lora"] == f"https://huggingface.co/{REPO}-LoRA-GGUF" and set(urls) == {
+        "adapter", "merged", "gguf-lora"}  # every export present, by default
+    files = api.commits[f"{REPO}-LoRA-GGUF"][0]
+    assert set(files) == {"run-lora-f16.gguf", "README.md", "metrics.json"}
+    card = _card(files["README.md"])
+    assert card.data.library_name == "gguf" and card.data.base_model == BASE
+    assert f"hf download {REPO}-LoRA-GGUF run-lora-f16.gguf" in card.text
+    assert "--lora run-lora-f16.gguf" in card.text and "ADAPTER ./run-lora-f16.gguf" in card.text
+    assert "gave the PEFT adapter's greedy tokens" in card.text
+    adapter_card = _card(api.commits[REPO][0]["README.md"]).text
+    assert f"https://huggingface.co/{REPO}-LoRA-GGUF" in adapter_card  # the siblings link to it
+    _assert_no_token(api, "".join(capsys.readouterr()))
+    long_name = "a/" + "x" * 90  # room for the longest suffix, -LoRA-GGUF
+    with pytest.raises(KitError, match="at most 86 characters, leaving room for the -LoRA-GGUF suffix"):
+        check_repo(long_name)
+
+
+@pytest.mark.parametrize("recipe, words, tag", [
+    ("dpo", "preference tuning with DPO and LoRA", "dpo"),
+    ("grpo", "reinforcement learning from verifiable rewards with GRPO and LoRA", "grpo"),
+    ("chat", "supervised fine-tuning with LoRA", "sft")])
+def test_card_names_how_the_recipe_trained(recipe, words, tag):
+    card = _card(hub.model_card({**_metrics(), "recipe": recipe}, "adapter", REPO, token=TOKEN))
+    assert f"(Unsloth and TRL: {words})" in card.text
+    assert tag in card.data.tags and not ({"sft", "dpo", "grpo"} - {tag}) & set(card.data.tags)
 
 
 def test_push_public_flag(api, export_dir):
