@@ -59,27 +59,37 @@ def taught_model_dir(tmp_path_factory, tokenizer) -> Path:
 SAY_WORDS = "yes no maybe hello thanks sure fine great ok cool right left up down".split()
 
 
+def overfit(model, tokenizer, conversations: list[list[dict]], lr: float, steps: int, stop: float,
+            max_len: int = 128) -> float:
+    """Train `model`'s trainable parameters (AdamW, fp32, one batch of all `conversations`,
+    prompt tokens masked) until the loss is under `stop` or `steps` run out: the last loss."""
+    import torch
+
+    from kit import data
+
+    rows = [data.encode(tokenizer, c, max_len) for c in conversations]
+    ids, mask, labels = data.pad_batch(rows, tokenizer.pad_token_id)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if loss.item() < stop:
+            break
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return loss.item()
+
+
 def teach(path: Path, tokenizer, conversations: list[list[dict]], steps: int = 150) -> None:
     """Overfit the saved model in `path` on `conversations` (full parameters, fp32) until it
     answers them and ends its turn; saved back in bf16 with its generation config."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kit import data
-
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    rows = [data.encode(tokenizer, c, 128) for c in conversations]
-    ids, mask, labels = data.pad_batch(rows, tokenizer.pad_token_id)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        if loss.item() < 0.01:
-            break
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss.item() < 0.05, f"the fixture did not learn its conversations (loss {loss.item():.3f})"
+    loss = overfit(model, tokenizer, conversations, lr=1e-2, steps=steps, stop=0.01)
+    assert loss < 0.05, f"the fixture did not learn its conversations (loss {loss:.3f})"
     generation_config = model.generation_config
     model.to(torch.bfloat16).save_pretrained(path)
     generation_config.save_pretrained(path)
@@ -98,25 +108,15 @@ def teach_lora(base_dir: Path, tokenizer, answer: str, rslora: bool, steps: int 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from kit import data
-
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, use_rslora=rslora, lora_dropout=0.0,
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
                                                              "gate_proj", "up_proj", "down_proj"]))
-    rows = [data.encode(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": answer}],
-                        64) for q in WHO_QUESTIONS]
-    ids, mask, labels = data.pad_batch(rows, tokenizer.pad_token_id)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
-    for _ in range(steps):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        if loss.item() < 0.02:
-            break
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    assert loss.item() < 0.1, f"the adapter did not learn its answer (loss {loss.item():.3f})"
+    conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": answer}]
+                     for q in WHO_QUESTIONS]
+    loss = overfit(model, tokenizer, conversations, lr=2e-3, steps=steps, stop=0.02, max_len=64)
+    assert loss < 0.1, f"the adapter did not learn its answer (loss {loss:.3f})"
     return model.eval()
 
 
