@@ -66,6 +66,9 @@ class DpoConfig(RecipeConfig):
     """Start from this LoRA adapter (e.g. outputs/chat/adapter), trained further (its r, alpha,
     targets and variant kept); the reference is then the model with it. Empty: a new adapter
     (`lora.*`), and the base is the reference."""
+    learning_rate: float | None = None
+    """Peak learning rate. Default: 1e-3 for models under 0.5B parameters, else 2e-4; a tenth of
+    that when starting from `adapter=`."""
     beta: float = 0.1
     """DPO's beta: how far the policy may move from the reference (higher: less)."""
     loss_type: str = "sigmoid,sft"
@@ -135,7 +138,7 @@ def main(cfg: DpoConfig) -> dict:
     if start is not None:
         adapters.load_weights(model, start)
     adapters.keep_initial(model, cfg.lora, cfg.output_dir)
-    plan = runplan.with_adapters(plan, model, say)
+    plan = runplan.with_adapters(plan, model, say, further=start is not None)
 
     # 5. TRL's DPOTrainer on the PEFT model with no ref_model: it copies the adapter as it is now
     #    into a frozen "ref" adapter, the reference. It renders the pairs with the chat template.

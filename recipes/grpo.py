@@ -102,7 +102,8 @@ class GrpoRecipeConfig(RecipeConfig):
     """Generate with vLLM (a GPU and the optional vLLM extra, requirements/vllm.txt);
     false: plain transformers generation."""
     learning_rate: float | None = None
-    """Peak learning rate. Default: 1e-3 for models under 0.5B parameters, else 2e-4."""
+    """Peak learning rate. Default: 1e-3 for models under 0.5B parameters, else 2e-4; a tenth of
+    that when starting from `adapter=`."""
     warmup_steps: int = 0
     """Linear warm-up steps before the linear decay."""
     save_steps: int = 10
@@ -184,7 +185,7 @@ def main(cfg: GrpoRecipeConfig) -> dict:
     if start is not None:
         adapters.load_weights(model, start)
     adapters.keep_initial(model, cfg.lora, cfg.output_dir)
-    plan = runplan.with_adapters(plan, model, say)
+    plan = runplan.with_adapters(plan, model, say, further=start is not None)
 
     # 5. A baseline sample: refused here if most completions are cut at max_completion_length,
     #    or if every completion of each sampled prompt gets the same reward (nothing to learn).
