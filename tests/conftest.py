@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-import kit.models  # noqa: F401  (Unsloth patches transformers/trl/peft on import: load it first)
+# `make test` runs the suite in as many pytest-xdist workers as the machine has cores
+# (PYTEST_XDIST_WORKER_COUNT): each worker, and every process its tests start, then takes its
+# share of the cores' threads (set before torch loads), so two workers on 2 cores do not fight
+# over them. Much of the suite waits on one thread anyway (fresh processes importing Unsloth).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_name] = str(_share)
+
+import kit.models  # noqa: F401, E402  (Unsloth patches transformers/trl/peft on import: load it first)
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the Hub
