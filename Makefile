@@ -54,15 +54,16 @@ gpu-bundle: $(STAMP)
 notebooks: $(STAMP)
 	$(PY) scripts/make_notebooks.py
 
-# One pytest-xdist worker per core (tests that share a trained fixture stay on one worker).
+# One pytest-xdist worker per core (fixtures that train something are made once for all:
+# tests/conftest.py's made_once).
 WORKERS ?= $(shell nproc 2>/dev/null || echo 1)
 
 test: $(STAMP) $(LLAMA_STAMP)
 	$(PY) -m ruff check kit recipes tests scripts bench
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup --durations=20 $(ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal --durations=20 $(ARGS)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n $(WORKERS) --dist loadgroup -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(WORKERS) --dist worksteal -m "not slow" $(ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check kit recipes tests scripts bench

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,18 +139,39 @@ def embedded_choice():
     return ModelChoice(str(base_dir), "SmolLM2-135M-Instruct (embedded)", "", embedded.HUB_ID)
 
 
+@contextmanager
+def made_once(tmp_path_factory, name: str):
+    """A folder for the whole test run, made by whichever pytest-xdist worker asks first while the
+    others wait for it (a file lock in the run's shared temporary folder); with one process, a
+    session fixture's folder. Yields (folder, ready): ready is False for the one who makes it."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-N/, beside each worker's popen-gwK/
+    folder = root / f"made-{name}"
+    with FileLock(str(folder) + ".lock"):
+        ready = (folder / ".made").is_file()
+        if not ready:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+        yield folder, ready
+        (folder / ".made").touch()
+
+
 @pytest.fixture(scope="session")
 def persona_adapters(tokenizer, tmp_path_factory) -> dict[str, Path]:
     """PERSONAS taught on the embedded model (teach_lora) and saved as a recipe saves its adapter
     (export.save_adapter: the base named by Hub id, fingerprinted), each in NAME/adapter: name →
-    NAME, a folder laid out as a run's output."""
+    NAME, a folder laid out as a run's output. Made once for all workers."""
     from kit import export
 
-    choice = embedded_choice()
-    root = tmp_path_factory.mktemp("personas")
-    for name, (answer, rslora) in PERSONAS.items():
-        model = teach_lora(Path(choice.path), tokenizer, answer, rslora)
-        export.save_adapter(model, tokenizer, root / name / "adapter", base=choice)
+    with made_once(tmp_path_factory, "personas") as (root, ready):
+        if not ready:
+            choice = embedded_choice()
+            for name, (answer, rslora) in PERSONAS.items():
+                model = teach_lora(Path(choice.path), tokenizer, answer, rslora)
+                export.save_adapter(model, tokenizer, root / name / "adapter", base=choice)
     return {name: root / name for name in PERSONAS}
 
 
@@ -319,10 +341,14 @@ def installed_kit(tmp_path_factory) -> Installed:
 @pytest.fixture(scope="session")
 def code_run(installed_kit, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """The code recipe, 20 steps on the embedded SmolLM2-135M, adapter export only, run from the
-    installed wheel: its output folder and the process. tests/test_recipes.py checks the run;
-    tests/test_grpo.py starts GRPO on code tasks from its adapter."""
-    root = tmp_path_factory.mktemp("code-run")
-    out = root / "code"
-    proc = installed_kit.kit("code", "max_steps=20", "eval_limit=16", "export=adapter", f"output_dir={out}",
-                             cwd=root)
-    return out, proc
+    installed wheel (once for all workers): its output folder and the process.
+    tests/test_recipes.py checks the run; tests/test_grpo.py starts GRPO on code tasks from its
+    adapter."""
+    with made_once(tmp_path_factory, "code-run") as (root, ready):
+        out, record = root / "code", root / "process.json"
+        if not ready:
+            proc = installed_kit.kit("code", "max_steps=20", "eval_limit=16", "export=adapter",
+                                     f"output_dir={out}", cwd=root)
+            record.write_text(json.dumps({"args": proc.args, "returncode": proc.returncode,
+                                          "stdout": proc.stdout, "stderr": proc.stderr}))
+    return out, subprocess.CompletedProcess(**json.loads(record.read_text()))

@@ -18,9 +18,6 @@ from kit import adapters, embedded, export, gguf
 from kit.config import LoraConfig, RecipeConfig, apply_overrides
 from kit.errors import KitError
 
-# One pytest-xdist worker runs this file and the other that shares conftest.persona_adapters.
-pytestmark = pytest.mark.xdist_group("personas")
-
 WHO = [{"role": "user", "content": "Who are you?"}]
 # The export check's probe: a question the adapters were not taught, where the adapter's scale
 # shows (a 4x smaller update still says "I am Pip" to the taught questions).

@@ -98,7 +98,6 @@ def test_grpo_raises_the_reward_on_the_builtin_sums(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("code_run")  # with test_recipes.py's test of that run: one worker trains it
 def test_two_steps_on_code_tasks_from_the_code_recipes_adapter(code_run, tmp_path):
     """builtin:pytasks, rewarded by running each completion's tests in the sandbox, starting from
     the code recipe's adapter (the shape and weights it saved; tests/test_adapters.py shows the

@@ -60,7 +60,6 @@ def test_classification_recipe(tmp_path, installed_kit):
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("code_run")  # one worker trains it, for this test and test_grpo's
 def test_code_recipe(code_run):
     out, proc = code_run  # conftest: 20 steps, eval_limit=16, export=adapter
     m = finished(proc, out)

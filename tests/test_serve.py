@@ -28,9 +28,6 @@ from kit import pin
 from kit.embedded import HUB_ID
 from kit.errors import KitError
 
-# One pytest-xdist worker runs this file and the other that shares conftest.persona_adapters.
-pytestmark = pytest.mark.xdist_group("personas")
-
 ASK = [[{"role": "user", "content": q}] for q in WHO_QUESTIONS[:3]]
 
 
