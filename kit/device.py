@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import resource
 from dataclasses import dataclass
 
@@ -33,7 +32,9 @@ def detect_device() -> Device:
         return Device("cuda", props.name, props.total_memory / 2**30, torch.cuda.is_bf16_supported())
     import psutil
 
-    return Device("cpu", f"CPU ({os.cpu_count()} threads)", psutil.virtual_memory().total / 2**30, True)
+    threads = torch.get_num_threads()  # what torch trains on (OMP_NUM_THREADS), not the core count
+    return Device("cpu", f"CPU ({threads} thread{'s' if threads != 1 else ''})",
+                  psutil.virtual_memory().total / 2**30, True)
 
 
 def visible_gpus(device: Device) -> int:
