@@ -11,6 +11,8 @@
   its own UnslothTrainingArguments, which its CPU trainer does not read).
 - `load`: an adapter onto a base, refused in one line when the base is not the one it was
   trained on (kit.pin).
+- `adopt`, `load_weights`: `adapter=` in the dpo and grpo recipes: the saved adapter's shape
+  becomes the run's `lora`, and its weights fill what the recipe's get_peft_model built.
 """
 
 from __future__ import annotations
