@@ -483,27 +483,31 @@ def _child_verify(path: str, prompt: list[dict] | str, max_new_tokens: int) -> i
 
     llm = Llama(model_path=path, n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
     loaded = time.perf_counter() - start
-    # create_chat_completion renders the GGUF's own tokenizer.chat_template (as llama.cpp's
-    # server does) and stops at the vocabulary's end-of-generation tokens.
-    if isinstance(prompt, str):  # raw text (a fill-in-the-middle prompt): no chat template
-        out = llm(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1, seed=0)
-        reply = out["choices"][0].get("text") or ""
-    else:
-        out = llm.create_chat_completion(messages=prompt, max_tokens=max_new_tokens, temperature=0.0,
-                                         top_k=1, seed=0)
-        reply = out["choices"][0]["message"].get("content") or ""
-    choice = out["choices"][0]
     print(json.dumps({
         "kind": "gguf",
-        "reply": reply.strip(),
-        "stopped": choice.get("finish_reason") == "stop",
-        "finish_reason": choice.get("finish_reason"),
+        **_greedy_answer(llm, prompt, max_new_tokens),
         "chat_format": llm.chat_format,
-        "completion_tokens": out.get("usage", {}).get("completion_tokens"),
         "load_seconds": round(loaded, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }))
     return 0
+
+
+def _greedy_answer(llm, prompt: list[dict] | str, max_new_tokens: int) -> dict:
+    """llama.cpp's greedy answer: raw text (a fill-in-the-middle prompt) as it is, a conversation
+    through create_chat_completion, which renders the GGUF's own tokenizer.chat_template (as
+    llama.cpp's server does) and stops at the vocabulary's end-of-generation tokens."""
+    if isinstance(prompt, str):
+        out = llm(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1, seed=0)
+        reply = out["choices"][0].get("text")
+    else:
+        out = llm.create_chat_completion(messages=prompt, max_tokens=max_new_tokens, temperature=0.0,
+                                         top_k=1, seed=0)
+        reply = out["choices"][0]["message"].get("content")
+    choice = out["choices"][0]
+    return {"reply": (reply or "").strip(), "stopped": choice.get("finish_reason") == "stop",
+            "finish_reason": choice.get("finish_reason"),
+            "completion_tokens": out.get("usage", {}).get("completion_tokens")}
 
 
 def _child_verify_lora(base: str, adapter: str, prompt: list[dict] | str, max_new_tokens: int,
@@ -532,21 +536,13 @@ def _child_verify_lora(base: str, adapter: str, prompt: list[dict] | str, max_ne
         return llm.detokenize([token], special=True).decode(errors="replace")
 
     llm.reset()
-    out = (llm(prompt, max_tokens=max_new_tokens, temperature=0.0, top_k=1, seed=0) if isinstance(prompt, str)
-           else llm.create_chat_completion(messages=prompt, max_tokens=max_new_tokens, temperature=0.0,
-                                           top_k=1, seed=0))
-    choice = out["choices"][0]
-    reply = choice.get("text") if isinstance(prompt, str) else choice["message"].get("content")
     print(json.dumps({
         "kind": "gguf-lora",
         "compared": len(ref), "same": len(ref) - len(diffs),
         "same_prefix": len(ref) if first is None else first, "first_difference": first,
         "llama_token": text(pred[first]) if first is not None else None,
         "peft_token": text(ref[first]) if first is not None else None,
-        "reply": (reply or "").strip(),
-        "stopped": choice.get("finish_reason") == "stop",
-        "finish_reason": choice.get("finish_reason"),
-        "completion_tokens": out.get("usage", {}).get("completion_tokens"),
+        **_greedy_answer(llm, prompt, max_new_tokens),
         "load_seconds": round(loaded, 1),
         "seconds": round(time.perf_counter() - start, 1),
     }))

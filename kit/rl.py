@@ -298,9 +298,11 @@ AUTO_COMPLETION = {"answer": 32, "code": 256, "custom": 128}
 
 
 def completion_length(cfg, kind: str) -> int:
-    """max_completion_length, or with 0 the one for this kind of data, checked against
-    max_seq_length."""
-    length = cfg.max_completion_length or AUTO_COMPLETION[kind]
+    """max_completion_length (check_groups checked it), or with 0 the one for this kind of data,
+    checked against max_seq_length."""
+    if cfg.max_completion_length:
+        return cfg.max_completion_length
+    length = AUTO_COMPLETION[kind]
     if length >= cfg.max_seq_length:
         fail(f"max_completion_length={length} (the default for {kind} data) leaves no room for "
              f"the prompt in max_seq_length={cfg.max_seq_length}: raise max_seq_length or set "
