@@ -310,11 +310,12 @@ def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk
         work = os.path.realpath(work)
         os.chmod(work, 0o755)  # readable by nobody; nothing in it is writable by the program
         Path(work, "program.py").write_text(code + "\n\n" + tests + "\n")
+        lib = _copy_confiners(work)
         verdict_r, verdict_w = os.pipe()
         rlimits = {"RLIMIT_AS": memory_mb * 2**20, "RLIMIT_CPU": int(timeout) + 1,
                    "RLIMIT_FSIZE": disk_mb * 2**20, "RLIMIT_NOFILE": 64, "RLIMIT_CORE": 0}
         payload = {"token": token, "code": code, "tests": tests, "verdict_fd": verdict_w,
-                   "best_effort": True, "work": work, "rlimits": rlimits,
+                   "best_effort": True, "work": work, "lib": lib, "rlimits": rlimits,
                    "landlock": fallback["landlock"] > 0, "role": role, "rpc": list(rpc),
                    "readable": [*_binds(), *(f"/dev/{d}" for d in ("null", "zero", "urandom"))]}
         env = dict(_ENV, HOME=work, TMPDIR=work)
@@ -364,6 +365,30 @@ def _run_best_effort(code: str, tests: str, timeout: float, memory_mb: int, disk
     return _verdict(result, token)
 
 
+def _copy_confiners(work: str) -> str:
+    """pyseccomp and landlockpy, copied into the worker's folder (work/lib): the worker runs
+    `python -I`, which ignores PYTHONPATH, so packages installed there (`pip install --target`,
+    as `make gpu-check` does on a machine without the stack) would not import; and Landlock
+    then grants reading these two, not the folder they were installed in."""
+    import importlib.util
+    import shutil
+
+    lib = os.path.join(work, "lib")
+    os.mkdir(lib)
+    for name in ("pyseccomp", "landlockpy"):
+        spec = importlib.util.find_spec(name)
+        if spec.submodule_search_locations:  # a package: its folder
+            folder = next(iter(spec.submodule_search_locations))
+            shutil.copytree(folder, os.path.join(lib, name), ignore=shutil.ignore_patterns("__pycache__"))
+        else:  # one module file
+            shutil.copy(spec.origin, lib)
+    for folder, _dirs, files in os.walk(lib):  # readable by nobody, whatever the install's umask
+        os.chmod(folder, 0o755)
+        for f in files:
+            os.chmod(os.path.join(folder, f), 0o644)
+    return lib
+
+
 def _others_can_read(path: str) -> bool:
     """Whether a user with no claim on `path` (nobody) can reach and read it."""
     path = os.path.realpath(path)
@@ -397,7 +422,7 @@ def _fallback_probe() -> dict:
     abi = landlockpy.abi_version()  # 0: none
     user = None
     if os.geteuid() == 0:
-        needed = [sys.executable, *_python_folders(), _module_dir("pyseccomp"), _module_dir("landlockpy")]
+        needed = [sys.executable, *_python_folders()]  # pyseccomp, landlockpy: copied (_copy_confiners)
         user = NOBODY if all(_others_can_read(p) for p in needed) else 0
         if user == 0 and not abi:
             return lacking("the kit runs as root, Python lives where nobody cannot read it "

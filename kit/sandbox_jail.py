@@ -744,6 +744,7 @@ def _confine(payload):
     libraries rather than our own code: kit/sandbox.py's docstring."""
     import resource
 
+    sys.path.insert(0, payload["lib"])  # pyseccomp and landlockpy, copied there (-I skips PYTHONPATH)
     import pyseccomp  # before the limits: ctypes finds libseccomp by running ldconfig
 
     if payload.get("drop_root"):  # no capabilities now or later; files: Landlock decides

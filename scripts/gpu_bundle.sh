@@ -20,8 +20,11 @@ pin() {  # the version pinned in requirements/, else the one in .venv
 }
 # What a GPU image with torch+transformers+peft usually lacks: Unsloth, TRL, bitsandbytes, datasets
 # and what they import. peft is carried so its version matches the tested pin.
+# pyseccomp and landlockpy (a few KB): the code recipe's sandbox where a container has no user
+# namespaces (best-effort mode, docs/sandbox.md).
 PKGS="unsloth unsloth_zoo trl peft bitsandbytes datasets dill multiprocess xxhash torchao cut_cross_entropy
-      tyro docstring_parser typeguard shtab msgspec structlog json5 nest_asyncio hf_transfer"
+      tyro docstring_parser typeguard shtab msgspec structlog json5 nest_asyncio hf_transfer
+      pyseccomp landlockpy"
 PLAT=""
 for p in manylinux_2_34 manylinux_2_31 manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
   PLAT="$PLAT --platform ${p}_x86_64"

@@ -472,6 +472,42 @@ def test_best_effort_runs_ordinary_code_and_the_mode_argument_forces_it():
         assert sandbox.run_program("open('x', 'w').write('x')").passed
 
 
+def test_best_effort_with_its_libraries_only_on_pythonpath(tmp_path):
+    """As `make gpu-check` installs the stack on a machine without it (`pip install --target`,
+    then PYTHONPATH): the worker runs `python -I`, which ignores PYTHONPATH, and still confines
+    itself; its Landlock rules do not open the folder the libraries were installed in."""
+    import importlib.util
+    import shutil
+    import sys
+
+    bare = tmp_path / "bare"  # a Python with nothing installed, as on a fresh GPU image
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    site = tmp_path / "site"  # what the kit imports, as `pip install --target` lays it out
+    site.mkdir()
+    for name in ("pyseccomp", "landlockpy", "rich", "markdown_it", "mdurl", "pygments"):
+        spec = importlib.util.find_spec(name)
+        if spec.submodule_search_locations:
+            shutil.copytree(next(iter(spec.submodule_search_locations)), site / name)
+        else:
+            shutil.copy(spec.origin, site)
+    (site / "secret.txt").write_text("of the user's")
+    reader = f"print(open({str(site / 'secret.txt')!r}).read())"
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from kit import sandbox\n"
+        "ok = sandbox.run_tests('def f(x):\\n    return x + 1', 'assert f(1) == 2', mode='best-effort')\n"
+        f"leak = sandbox.run_program({reader!r}, mode='best-effort')\n"
+        "print(ok.passed, ok.reason, '|', leak.passed, leak.reason)\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{site}"}
+    proc = subprocess.run([str(bare / "bin" / "python"), str(probe)], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ran, reason, _, read, why = proc.stdout.split(maxsplit=4)
+    assert (ran, reason) == ("True", "passed"), proc.stdout
+    if sandbox._fallback_probe()["landlock"]:  # the installed folder stays closed to the program
+        assert read == "False" and "of the user's" not in why, proc.stdout
+
+
 # Memory that RLIMIT_AS does not count: memfd pages (written, never mapped), 10 x 64 MiB here.
 MEMFD = ("import os\nfds = []\nfor _ in range(10):\n    fd = os.memfd_create('x')\n"
          "    for _ in range(64):\n        os.write(fd, b'x' * 2**20)\n    fds.append(fd)\n"
