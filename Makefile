@@ -11,7 +11,7 @@ LLAMA_STAMP := $(VENV)/.kit-llama
 NEEDS_LLAMA := $(if $(findstring gguf,$(ARGS))$(findstring export=all,$(ARGS)),$(LLAMA_STAMP))
 
 .DEFAULT_GOAL := run
-.PHONY: run plan bench gpu-check gpu-bundle notebooks test test-fast lint setup gguf-tools clean check-recipe
+.PHONY: run plan bench gpu-check gpu-bundle gpu-standin notebooks test test-fast lint setup gguf-tools clean check-recipe
 
 $(STAMP): requirements/stack.txt requirements/constraints.txt scripts/setup_venv.sh pyproject.toml
 	bash scripts/setup_venv.sh
@@ -49,6 +49,11 @@ gpu-check:
 
 gpu-bundle: $(STAMP)
 	bash scripts/gpu_bundle.sh
+
+# Before spending a GPU's minutes: the offline GPU machine stood in for on CPU (a Python with only
+# its packages, the bundle installed as there, no network), then gpu-check's CPU form there.
+gpu-standin: $(STAMP)
+	bash scripts/gpu_standin.sh $(ARGS)
 
 # Regenerate notebooks/ from the recipes (tests fail while they are out of date).
 notebooks: $(STAMP)

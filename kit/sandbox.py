@@ -486,6 +486,14 @@ def check(mode: str) -> str:
         from kit.errors import fail
 
         fail(f"sandbox={mode}: generated code cannot run here ({iso.line.removeprefix('sandbox: ')})")
+    # A sandbox that is there but broken would fail every problem, and pass@1 would read 0 after
+    # a whole run: a known-good task first (about 0.3 s), as the run's own tasks will be run.
+    canary = run_tests("def f():\n    return 1", "assert f() == 1")
+    if not canary.passed:
+        from kit.errors import fail
+
+        fail(f"sandbox={mode}: a known-good program failed in the sandbox ({canary.reason}); every "
+             "generated program would fail the same way")
     return iso.line
 
 

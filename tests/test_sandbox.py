@@ -508,6 +508,15 @@ def test_best_effort_with_its_libraries_only_on_pythonpath(tmp_path):
         assert read == "False" and "of the user's" not in why, proc.stdout
 
 
+def test_a_sandbox_that_cannot_run_a_known_good_program_stops_the_recipe(best_effort, monkeypatch):
+    """sandbox.check (the code and grpo recipes, before the model loads) runs a known-good task:
+    a broken sandbox is one line there, not pass@1 = 0 after the whole run."""
+    assert sandbox.check("best-effort").startswith("sandbox: best-effort")
+    monkeypatch.setattr(sandbox, "_HARNESS", "raise SystemExit(3)")  # a worker that dies at once
+    with pytest.raises(KitError, match="a known-good program failed in the sandbox"):
+        sandbox.check("best-effort")
+
+
 # Memory that RLIMIT_AS does not count: memfd pages (written, never mapped), 10 x 64 MiB here.
 MEMFD = ("import os\nfds = []\nfor _ in range(10):\n    fd = os.memfd_create('x')\n"
          "    for _ in range(64):\n        os.write(fd, b'x' * 2**20)\n    fds.append(fd)\n"
