@@ -476,20 +476,13 @@ def test_best_effort_with_its_libraries_only_on_pythonpath(tmp_path):
     """As `make gpu-check` installs the stack on a machine without it (`pip install --target`,
     then PYTHONPATH): the worker runs `python -I`, which ignores PYTHONPATH, and still confines
     itself; its Landlock rules do not open the folder the libraries were installed in."""
-    import importlib.util
-    import shutil
     import sys
 
     bare = tmp_path / "bare"  # a Python with nothing installed, as on a fresh GPU image
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
     site = tmp_path / "site"  # what the kit imports, as `pip install --target` lays it out
     site.mkdir()
-    for name in ("pyseccomp", "landlockpy", "rich", "markdown_it", "mdurl", "pygments"):
-        spec = importlib.util.find_spec(name)
-        if spec.submodule_search_locations:
-            shutil.copytree(next(iter(spec.submodule_search_locations)), site / name)
-        else:
-            shutil.copy(spec.origin, site)
+    sandbox.copy_modules(("pyseccomp", "landlockpy", "rich", "markdown_it", "mdurl", "pygments"), str(site))
     (site / "secret.txt").write_text("of the user's")
     reader = f"print(open({str(site / 'secret.txt')!r}).read())"
     probe = tmp_path / "probe.py"
